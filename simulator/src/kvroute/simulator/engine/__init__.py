@@ -1,0 +1,1 @@
+"""Clock-agnostic engine model: batching, KV blocks with prefix caching, step time."""
