@@ -191,9 +191,7 @@ class Engine:
                     break
                 self.waiting.popleft()
                 uncached = seq.prompt_len - seq.num_computed
-                seq.transfer_ready_at = (
-                    now + profile.kv_transfer_setup_s + profile.kv_transfer_per_token_s * uncached
-                )
+                seq.transfer_ready_at = now + profile.kv_transfer_setup_s + profile.kv_transfer_per_token_s * uncached
                 seq.scheduled_at = now
                 self.transferring.append(seq)
                 continue
@@ -254,7 +252,10 @@ class Engine:
         full = min(seq.num_computed, seq.prompt_len) // self.profile.block_size
         if full > seq.num_registered:
             self.blocks.register(
-                seq.blocks, seq.block_hashes[:full], seq.num_registered, seq.request.prompt_token_ids,
+                seq.blocks,
+                seq.block_hashes[:full],
+                seq.num_registered,
+                seq.request.prompt_token_ids,
                 seq.request.lora_name,
             )
             seq.num_registered = full

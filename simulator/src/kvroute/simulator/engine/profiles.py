@@ -69,9 +69,7 @@ PROFILES: dict[str, Profile] = {
     ),
     # Small cache and batch, same timing as the 8B profile: makes eviction and preemption easy to reach in tests
     # and demos.
-    "tiny": Profile(
-        name="tiny", num_gpu_blocks=256, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=4096
-    ),
+    "tiny": Profile(name="tiny", num_gpu_blocks=256, max_num_seqs=8, max_num_batched_tokens=1024, max_model_len=4096),
 }
 
 DEFAULT_PROFILE = "llama-3.1-8b-h100"

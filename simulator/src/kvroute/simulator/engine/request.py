@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     LENGTH = "length"
     CACHE_THRESHOLD = "cache_threshold"
     ABORT = "abort"

@@ -1,0 +1,48 @@
+"""Contracts of the scheduling framework: small types and the extension-point ABCs, nothing else.
+
+Runners (`scheduling`, `requestcontrol`, `datalayer`) depend on these; plugins implement them.
+"""
+
+from kvroute.router.framework.cycle_state import CycleState, StateKey
+from kvroute.router.framework.endpoint import Endpoint, EndpointMetrics, LoraInfo, Role
+from kvroute.router.framework.plugins import (
+    Filter,
+    Picker,
+    Plugin,
+    PreRequest,
+    ProfileHandler,
+    ResponseHook,
+    SaturationDetector,
+    Scorer,
+)
+from kvroute.router.framework.request import ApiKind, LLMRequest, ResponseInfo
+from kvroute.router.framework.results import (
+    ProfileResult,
+    SchedulingProfile,
+    SchedulingResult,
+    ScoredEndpoint,
+)
+
+__all__ = [
+    "ApiKind",
+    "CycleState",
+    "Endpoint",
+    "EndpointMetrics",
+    "Filter",
+    "LLMRequest",
+    "LoraInfo",
+    "Picker",
+    "Plugin",
+    "PreRequest",
+    "ProfileHandler",
+    "ProfileResult",
+    "ResponseHook",
+    "ResponseInfo",
+    "Role",
+    "SaturationDetector",
+    "SchedulingProfile",
+    "SchedulingResult",
+    "ScoredEndpoint",
+    "Scorer",
+    "StateKey",
+]

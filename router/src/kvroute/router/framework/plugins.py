@@ -1,0 +1,124 @@
+"""Extension points. Each docstring is the whole contract: when the runner calls it and what it may return.
+
+A plugin is instantiated from config by type name (`type_name`) with validated `Params` and a unique `name`;
+one object may implement several extension points (e.g. a scorer that is also a PreRequest hook), and the
+runner calls each role it implements.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from kvroute.router.framework.cycle_state import CycleState
+from kvroute.router.framework.endpoint import Endpoint
+from kvroute.router.framework.request import LLMRequest, ResponseInfo
+from kvroute.router.framework.results import (
+    ProfileResult,
+    SchedulingProfile,
+    SchedulingResult,
+    ScoredEndpoint,
+)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Plugin:
+    """Base of every plugin: a registered `type_name`, a pydantic `Params` model, and an instance `name`."""
+
+    type_name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, name: str, params: BaseModel) -> None:
+        self.name = name
+        self.params = params
+
+
+class ProfileHandler(Plugin, ABC):
+    @abstractmethod
+    def pick(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        profiles: Mapping[str, SchedulingProfile],
+        results: Mapping[str, ProfileResult],
+    ) -> dict[str, SchedulingProfile]:
+        """Called first with no results, then again after the profiles it returned have run, until it returns an
+        empty dict. A later call may choose profiles based on earlier results (P/D: prefill after decode)."""
+
+    @abstractmethod
+    def process_results(
+        self, state: CycleState, request: LLMRequest, results: Mapping[str, ProfileResult]
+    ) -> SchedulingResult:
+        """Called once after the last `pick`; names the primary profile and any headers to add to the request.
+        Raising `NoEndpointsError` means the request cannot be served (the front door answers 503)."""
+
+
+class Filter(Plugin, ABC):
+    @abstractmethod
+    def filter(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """Called per profile, in configured order, before scoring; returns the subset to keep. An empty result
+        ends the profile with no endpoints."""
+
+
+class Scorer(Plugin, ABC):
+    @abstractmethod
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        """Called per profile with the filtered endpoints; returns a score in [0, 1] per endpoint id, higher is
+        better (missing ids score 0). The runner clamps, multiplies by the profile's weight and sums; scorers
+        never see weights."""
+
+
+class Picker(Plugin, ABC):
+    @abstractmethod
+    def pick(self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
+        """Called per profile with the summed scores of every filtered endpoint; returns the target first, then
+        fallbacks (at most the picker's `maxNumOfEndpoints`)."""
+
+
+class PreRequest(Plugin, ABC):
+    @abstractmethod
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        """Called once after scheduling succeeds and before the request is forwarded (e.g. to record the pick)."""
+
+
+class ResponseHook(Plugin, ABC):
+    """Called for every request that `pre_request` saw. `on_response_complete` runs exactly once, also when the
+    client disconnects, the upstream fails or the request is cancelled; `response.error` then says why."""
+
+    def on_response_headers(
+        self, state: CycleState, request: LLMRequest, endpoint: Endpoint, response: ResponseInfo
+    ) -> None:
+        """The upstream answered with status and headers."""
+
+    def on_response_chunk(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        endpoint: Endpoint,
+        response: ResponseInfo,
+        new_tokens: int,
+    ) -> None:
+        """A body chunk arrived carrying `new_tokens` output tokens (response.output_tokens is the total)."""
+
+    @abstractmethod
+    def on_response_complete(
+        self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
+    ) -> None:
+        """The request is over, whatever the outcome; release any per-request state here."""
+
+
+class SaturationDetector(Plugin, ABC):
+    @abstractmethod
+    def saturation(self, endpoints: Sequence[Endpoint]) -> float:
+        """Called at admission with the candidate endpoints; >= 1.0 means the pool is saturated and sheddable
+        requests (priority < 0) are rejected."""
+
+
+class NoEndpointsError(Exception):
+    """No endpoint is eligible for the request."""

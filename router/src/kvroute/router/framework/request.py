@@ -1,0 +1,42 @@
+"""The request as the scheduler sees it, and what is known of its response."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ApiKind(StrEnum):
+    COMPLETIONS = "completions"
+    CHAT = "chat"
+    RESPONSES = "responses"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    request_id: str
+    model: str
+    api: ApiKind
+    prompt: str  # text hashed for prefix affinity: the prompt, or a canonical serialisation of chat messages
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    priority: int = 0
+    stream: bool = False
+    cache_hit_threshold: float | None = None
+    objective: str | None = None  # x-gateway-inference-objective
+
+
+@dataclass(slots=True)
+class ResponseInfo:
+    """Accumulated while the response streams; read by response hooks."""
+
+    status: int = 0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    output_tokens: int = 0
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
