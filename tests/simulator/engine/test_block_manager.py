@@ -53,7 +53,7 @@ def test_allocation_beyond_capacity_changes_nothing() -> None:
     assert manager.num_free == 3
 
 
-def test_clear_cache_forgets_free_blocks_only() -> None:
+def test_clear_cache_is_refused_while_blocks_are_in_use() -> None:
     manager = BlockManager(2, 1, record_events=True)
     held = manager.allocate(1)
     freed = manager.allocate(1)
@@ -62,9 +62,12 @@ def test_clear_cache_forgets_free_blocks_only() -> None:
     manager.register(freed, [2], 0, [2], None)
     manager.release(freed)
     manager.drain_events()
-    manager.clear_cache()
-    assert manager.match_prefix([1], 1) == held
-    assert manager.match_prefix([2], 1) == []
+    assert manager.clear_cache() is False
+    assert manager.match_prefix([2], 1) == freed
+    assert manager.drain_events() == []
+    manager.release(held)
+    assert manager.clear_cache() is True
+    assert manager.match_prefix([1], 1) == [] and manager.match_prefix([2], 1) == []
     assert manager.drain_events() == [AllBlocksCleared()]
 
 

@@ -111,8 +111,8 @@ class BlockManager:
         first: int,
         token_ids: Sequence[int],
         lora_name: str | None,
-    ) -> int:
-        """Publish blocks `first..len(hashes)-1` of a sequence as cached; returns the new count registered."""
+    ) -> None:
+        """Publish blocks `first..len(hashes)-1` of a sequence as cached."""
         stored: list[int] = []
         size = self.block_size
         for index in range(first, len(hashes)):
@@ -133,15 +133,18 @@ class BlockManager:
                     lora_name=lora_name,
                 )
             )
-        return len(hashes) - first
 
-    def clear_cache(self) -> None:
-        """Forget every cached hash of free blocks (blocks in use keep theirs)."""
+    def clear_cache(self) -> bool:
+        """Forget every cached hash; refused (False) while any block is in use, so that the AllBlocksCleared
+        event never contradicts blocks the engine still holds."""
+        if len(self.free) != self.num_blocks:
+            return False
         for block in self.free:
             self.block_hash[block] = None
-        self.cached = {h: b for h, b in self.cached.items() if self.ref_counts[b] > 0}
+        self.cached.clear()
         if self.record_events:
             self.events.append(AllBlocksCleared())
+        return True
 
     def drain_events(self) -> list[KVEvent]:
         events, self.events = self.events, []

@@ -1,0 +1,1 @@
+"""Workloads, harnesses and reports that measure kvroute against its peers."""
