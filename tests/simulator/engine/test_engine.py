@@ -208,3 +208,18 @@ def test_profiles_are_looked_up_by_name() -> None:
 
 def test_step_time_formula() -> None:
     assert H100.step_time(100, 10, 5000) == pytest.approx(6e-3 + 100 * 36e-6 + 10 * 30e-6 + 5000 * 0.039e-6)
+
+
+def test_remote_prefill_waiting_for_blocks_still_transfers_instead_of_computing() -> None:
+    engine = Engine(TINY.with_overrides(num_gpu_blocks=10))
+    hog = EngineRequest("hog", prompt_ids(1, 100), 20)
+    remote = EngineRequest("remote", prompt_ids(2, 64), 2, kv_transfer_params={"do_remote_prefill": True})
+    engine.add_request(hog)
+    engine.add_request(remote)
+    prefill_steps: list[int] = []
+    now = 0.0
+    while engine.has_work():
+        result = engine.step(now)
+        prefill_steps.append(result.prefill_tokens)
+        now = now + result.duration if result.duration else (engine.next_wakeup() or now)
+    assert sum(prefill_steps) == 100  # only the hog's prompt is computed; the remote prompt arrives by transfer

@@ -185,7 +185,7 @@ class Engine:
                 seq.blocks = list(hit)
                 seq.num_computed = hit_tokens
                 seq.num_registered = len(hit)
-            if fresh and self._is_remote_prefill(seq):
+            if not seq.transferred and self._is_remote_prefill(seq):
                 if not self._reserve(seq, seq.prompt_len - seq.num_computed):
                     self._unpin(seq)
                     break
@@ -274,7 +274,10 @@ class Engine:
     def _land_transfers(self, now: float) -> None:
         landed = [s for s in self.transferring if s.transfer_ready_at is not None and s.transfer_ready_at <= now]
         for seq in landed:
+            if len(self.running) >= self.profile.max_num_seqs:
+                break  # stays parked with its blocks until a batch slot frees
             self.transferring.remove(seq)
+            seq.transferred = True
             seq.num_computed = seq.prompt_len - 1
             self._register_full_blocks(seq)
             self.running.append(seq)

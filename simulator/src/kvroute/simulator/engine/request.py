@@ -39,6 +39,7 @@ class Sequence:
     num_cached_tokens: int = -1  # set when first scheduled
     num_registered: int = 0  # full blocks published to the prefix cache
     transfer_ready_at: float | None = None
+    transferred: bool = False
     scheduled_at: float | None = None
     first_token_at: float | None = None
 
