@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kvroute.simulator.des import cli as des_cli
 from kvroute.simulator.engine.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from kvroute.simulator.server.config import DEFAULT_MODEL, ServerConfig
 from kvroute.simulator.server.faults import FAILURE_TYPES
@@ -37,6 +38,7 @@ def register(sub: Any) -> None:
     )
     _add_serve_arguments(serve)
     serve.set_defaults(run=_run_serve, parser=serve)
+    des_cli.register(commands)
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
