@@ -7,6 +7,7 @@ from kvroute.router.framework.cycle_state import CycleState, StateKey
 from kvroute.router.framework.endpoint import Endpoint, EndpointMetrics, LoraInfo, Role
 from kvroute.router.framework.plugins import (
     Filter,
+    NoEndpointsError,
     Picker,
     Plugin,
     PreRequest,
@@ -31,6 +32,7 @@ __all__ = [
     "Filter",
     "LLMRequest",
     "LoraInfo",
+    "NoEndpointsError",
     "Picker",
     "Plugin",
     "PreRequest",

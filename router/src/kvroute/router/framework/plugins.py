@@ -49,7 +49,8 @@ class ProfileHandler(Plugin, ABC):
         results: Mapping[str, ProfileResult],
     ) -> dict[str, SchedulingProfile]:
         """Called first with no results, then again after the profiles it returned have run, until it returns an
-        empty dict. A later call may choose profiles based on earlier results (P/D: prefill after decode)."""
+        empty dict. A later call may choose profiles based on earlier results (P/D: prefill after decode). Each
+        profile runs at most once per request; picking one again is an error."""
 
     @abstractmethod
     def process_results(

@@ -40,3 +40,5 @@ class ResponseInfo:
     cached_tokens: int | None = None
     finish_reason: str | None = None
     error: str | None = None
+    # Headers a hook wants added to the client's response (e.g. a session token); front doors send them.
+    client_headers: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Built-in plugins: filters, scorers, pickers, profile handlers and saturation detectors."""

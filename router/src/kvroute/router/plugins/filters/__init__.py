@@ -1,0 +1,1 @@
+"""Filters: each keeps the endpoints eligible for a request."""

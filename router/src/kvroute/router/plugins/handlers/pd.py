@@ -1,0 +1,159 @@
+"""`pd-profile-handler`: prefill/decode disaggregation, prefill only when the decode endpoint lacks the prompt.
+
+1. Run the `decodeProfile` ("decode"). No decode endpoint: `NoEndpointsError`.
+2. Estimate the prompt tokens the chosen decode endpoint d would have to compute itself, from the
+   `PrefixMatchInfo` of the plugin named `prefixPluginName` (`prefix.match`, four characters per token):
+
+       uncached_d = ceil(max(0, prompt_chars - matched_blocks_d * block_chars) / 4)
+
+   (without match info, the whole prompt: `ceil(prompt_chars / 4)`). Run the `prefillProfile` ("prefill") only
+   when `uncached_d >= threshold` (tokens; the default 0 always disaggregates). e.g. threshold 100, a 1,000
+   character prompt (250 tokens) with 3 blocks of 64 characters cached on d: 202 uncached tokens -> prefill.
+3. The result's primary profile is always decode. With a prefill endpoint p (other than d) the request is
+   disaggregated: header `x-prefiller-host-port: <p ip>:<p port>` is added, and a `DisaggregationPlan` is
+   written to `CycleState` under `DISAGGREGATION`. No prefill endpoint (profile skipped, missing or empty, or it
+   picked d itself): decode only, no header, no plan.
+
+`mode` says who decides, and when, that the prefill endpoint does the prefill:
+
+- `prefill-first` (default): the router's estimate decides. The request goes to d with the header; d's sidecar
+  (or kvroute's proxy) runs the prefill on p first, then the decode on d with the transferred KV cache.
+- `decode-first`: the engine's real cache decides. The plan carries `cache_hit_threshold` (the request's own,
+  else `cacheHitThreshold`, default 0.8), which the executor writes into the body sent to d. An engine whose
+  cached share of the prompt is below it answers at once with `finish_reason: "cache_threshold"`; the executor
+  then runs the prefill on p and re-sends the decode to d, both with `cache_hit_threshold: 0`. Otherwise d
+  serves the request from its own cache and p is never called. The header is set in this mode too: the llm-d
+  sidecar takes its prefiller from it and switches to decode-first when the body has `cache_hit_threshold`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvroute.router.framework import (
+    CycleState,
+    Endpoint,
+    LLMRequest,
+    ProfileHandler,
+    ProfileResult,
+    SchedulingProfile,
+    SchedulingResult,
+    StateKey,
+)
+from kvroute.router.framework.plugins import NoEndpointsError
+from kvroute.router.plugins.prefix.hashing import estimate_tokens
+from kvroute.router.plugins.prefix.match import prefix_match_key
+
+PREFILLER_HEADER = "x-prefiller-host-port"
+
+Mode = Literal["prefill-first", "decode-first"]
+
+
+@dataclass(frozen=True, slots=True)
+class DisaggregationPlan:
+    """How the executor (sidecar or proxy) serves a disaggregated request; see the module docstring."""
+
+    mode: Mode
+    decode: Endpoint
+    prefill: Endpoint
+    cache_hit_threshold: float | None  # decode-first: send to the decode endpoint; None in prefill-first
+
+
+DISAGGREGATION: StateKey[DisaggregationPlan] = StateKey("pd-disaggregation")
+
+
+def host_port(endpoint: Endpoint) -> str:
+    host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+    return f"{host}:{endpoint.port}"
+
+
+class PDProfileHandler(ProfileHandler):
+    type_name = "pd-profile-handler"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        threshold: int = Field(
+            default=0, ge=0, description="Uncached prompt tokens on the decode endpoint from which to prefill apart."
+        )
+        decode_profile: str = Field(default="decode", min_length=1, alias="decodeProfile")
+        prefill_profile: str = Field(default="prefill", min_length=1, alias="prefillProfile")
+        prefix_plugin_name: str = Field(
+            default="prefix-cache-scorer",
+            min_length=1,
+            alias="prefixPluginName",
+            description="Name of the prefix plugin whose match info gives the decode endpoint's cached prefix.",
+        )
+        mode: Mode = Field(default="prefill-first", description="Who decides that the prefill runs apart.")
+        cache_hit_threshold: float = Field(
+            default=0.8,
+            ge=0.0,
+            le=1.0,
+            alias="cacheHitThreshold",
+            description="decode-first: cached share of the prompt below which the decode endpoint hands back.",
+        )
+
+    def __init__(self, name: str, params: Params | None = None) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self._params = params
+        self._match_key = prefix_match_key(params.prefix_plugin_name)
+
+    def pick(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        profiles: Mapping[str, SchedulingProfile],
+        results: Mapping[str, ProfileResult],
+    ) -> dict[str, SchedulingProfile]:
+        decode_name, prefill_name = self._params.decode_profile, self._params.prefill_profile
+        if not results:
+            decode = profiles.get(decode_name)
+            if decode is None:
+                raise ValueError(f"{self.type_name} {self.name!r}: no profile named {decode_name!r}")
+            return {decode_name: decode}
+        decode_result = results.get(decode_name)
+        target = decode_result.primary if decode_result is not None else None
+        prefill = profiles.get(prefill_name)
+        if prefill_name in results or target is None or prefill is None:
+            return {}
+        if self.uncached_tokens(state, request, target) < self._params.threshold:
+            return {}
+        return {prefill_name: prefill}
+
+    def process_results(
+        self, state: CycleState, request: LLMRequest, results: Mapping[str, ProfileResult]
+    ) -> SchedulingResult:
+        decode_name = self._params.decode_profile
+        decode_result = results.get(decode_name)
+        decode = decode_result.primary if decode_result is not None else None
+        if decode is None:
+            raise NoEndpointsError(f"profile {decode_name!r} found no endpoint for the request")
+        prefill_result = results.get(self._params.prefill_profile)
+        prefill = prefill_result.primary if prefill_result is not None else None
+        if prefill is None or prefill == decode:
+            return SchedulingResult(profile_results=dict(results), primary_profile=decode_name)
+        decode_first = self._params.mode == "decode-first"
+        threshold = request.cache_hit_threshold
+        if threshold is None:
+            threshold = self._params.cache_hit_threshold
+        state.write(
+            DISAGGREGATION,
+            DisaggregationPlan(self._params.mode, decode, prefill, threshold if decode_first else None),
+        )
+        return SchedulingResult(
+            profile_results=dict(results),
+            primary_profile=decode_name,
+            headers={PREFILLER_HEADER: host_port(prefill)},
+        )
+
+    def uncached_tokens(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> int:
+        """Estimated prompt tokens missing from the endpoint's prefix cache."""
+        info = state.read(self._match_key)
+        if info is None:
+            return estimate_tokens(len(request.prompt))
+        return info.uncached_tokens(endpoint.id)

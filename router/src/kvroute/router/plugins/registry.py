@@ -1,0 +1,63 @@
+"""Every plugin type the router can instantiate from config, by type name.
+
+The one place a type name is bound to a class: the config loader looks types up here and nowhere else, and
+importing this module registers nothing as a side effect. Each key equals its class's `type_name`; the older
+label-filter names `by-label` and `by-label-selector` are classes of their own (see `filters.label_selector`).
+"""
+
+from __future__ import annotations
+
+from kvroute.router.framework import Plugin
+from kvroute.router.plugins.filters.label_selector import ByLabelFilter, ByLabelSelectorFilter, LabelSelectorFilter
+from kvroute.router.plugins.filters.role import DecodeFilter, PrefillFilter
+from kvroute.router.plugins.handlers.pd import PDProfileHandler
+from kvroute.router.plugins.handlers.single import SingleProfileHandler
+from kvroute.router.plugins.pickers.max_score import MaxScorePicker
+from kvroute.router.plugins.pickers.random_picker import RandomPicker
+from kvroute.router.plugins.pickers.round_robin import RoundRobinPicker
+from kvroute.router.plugins.pickers.softmax import SoftmaxPicker
+from kvroute.router.plugins.pickers.weighted_random import WeightedRandomPicker
+from kvroute.router.plugins.saturation.utilization import UtilizationDetector
+from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
+from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
+from kvroute.router.plugins.scorers.kv_cache_utilization import KVCacheUtilizationScorer
+from kvroute.router.plugins.scorers.load_aware import LoadAwareScorer
+from kvroute.router.plugins.scorers.lora_affinity import LoraAffinityScorer
+from kvroute.router.plugins.scorers.no_hit_lru import NoHitLRUScorer
+from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
+from kvroute.router.plugins.scorers.queue import QueueScorer
+from kvroute.router.plugins.scorers.running_requests import RunningRequestsSizeScorer
+from kvroute.router.plugins.scorers.session_affinity import SessionAffinityScorer
+from kvroute.router.plugins.scorers.token_load import TokenLoadScorer
+
+REGISTRY: dict[str, type[Plugin]] = {
+    # profile handlers
+    "single-profile-handler": SingleProfileHandler,
+    "pd-profile-handler": PDProfileHandler,
+    # filters
+    "label-selector-filter": LabelSelectorFilter,
+    "by-label": ByLabelFilter,
+    "by-label-selector": ByLabelSelectorFilter,
+    "decode-filter": DecodeFilter,
+    "prefill-filter": PrefillFilter,
+    # scorers
+    "prefix-cache-scorer": PrefixCacheScorer,
+    "no-hit-lru-scorer": NoHitLRUScorer,
+    "active-blocks-scorer": ActiveBlocksScorer,
+    "queue-scorer": QueueScorer,
+    "kv-cache-utilization-scorer": KVCacheUtilizationScorer,
+    "running-requests-size-scorer": RunningRequestsSizeScorer,
+    "load-aware-scorer": LoadAwareScorer,
+    "active-request-scorer": ActiveRequestScorer,
+    "token-load-scorer": TokenLoadScorer,
+    "lora-affinity-scorer": LoraAffinityScorer,
+    "session-affinity-scorer": SessionAffinityScorer,
+    # pickers
+    "max-score-picker": MaxScorePicker,
+    "random-picker": RandomPicker,
+    "weighted-random-picker": WeightedRandomPicker,
+    "round-robin-picker": RoundRobinPicker,
+    "softmax-picker": SoftmaxPicker,
+    # saturation detectors
+    "utilization-detector": UtilizationDetector,
+}

@@ -1,0 +1,1 @@
+"""Saturation detectors: admission control for sheddable requests."""

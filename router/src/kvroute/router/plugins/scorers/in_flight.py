@@ -1,0 +1,48 @@
+"""Router-side accounting of work in flight per endpoint, shared by the load scorers that track it themselves.
+
+A request charges an amount (1 request, N prompt tokens) to one endpoint; the charge is remembered in the
+request's `CycleState`, so releasing it is idempotent: the first release subtracts it, later ones do nothing.
+That is what lets a hook release early (first output chunk) and again at completion without double counting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvroute.router.framework import CycleState, StateKey
+
+
+@dataclass(slots=True)
+class _Charge:
+    endpoint_id: str
+    amount: int
+    released: bool = False
+
+
+class InFlightLedger:
+    """Per-endpoint totals of the charges not yet released."""
+
+    def __init__(self, name: str) -> None:
+        self._totals: dict[str, int] = {}
+        # One key per ledger: two plugin instances must not release each other's charges.
+        self._key: StateKey[_Charge] = StateKey(f"{name}/in-flight")
+
+    def total(self, endpoint_id: str) -> int:
+        return self._totals.get(endpoint_id, 0)
+
+    def charge(self, state: CycleState, endpoint_id: str, amount: int) -> None:
+        """Add `amount` to the endpoint and remember it in `state` (one charge per request and ledger)."""
+        self._totals[endpoint_id] = self.total(endpoint_id) + amount
+        state.write(self._key, _Charge(endpoint_id, amount))
+
+    def release(self, state: CycleState) -> None:
+        """Subtract the request's charge if it has one that is not released yet."""
+        charge = state.read(self._key)
+        if charge is None or charge.released:
+            return
+        charge.released = True
+        remaining = self.total(charge.endpoint_id) - charge.amount
+        if remaining > 0:
+            self._totals[charge.endpoint_id] = remaining
+        else:
+            self._totals.pop(charge.endpoint_id, None)

@@ -1,0 +1,75 @@
+"""`no-hit-lru-scorer`: spread requests that hit no cache, so new prefixes do not pile up on a few endpoints.
+
+A request is cold when no endpoint matched any of its prefix blocks, according to the `PrefixMatchInfo` of the
+prefix plugin named `prefixPluginName` (default "prefix-cache-scorer"); without that info every request is cold.
+The prefix plugin must therefore come before this scorer in the profile.
+
+- Warm request: every endpoint scores 0.5 (this scorer stays out of the way of the cache-affinity scorers).
+- Cold request: the N candidates are ranked, never cold-served first (in the order given), then those cold-served
+  longest ago first; rank r (0-based) scores
+
+      score = 1 - r / (N - 1)        (N = 1: 1.0)
+
+  e.g. candidates [A, B, C, D] where B then A were cold-served (A most recently): C 1.0, D 2/3, B 1/3, A 0.
+
+Only cold requests update the order: at `pre_request` the targets (primary and, in P/D, prefill) move to most
+recent. At most `lruSize` (1024) endpoints are remembered; the least recent one forgotten counts as never served.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvroute.router.framework import CycleState, Endpoint, LLMRequest, PreRequest, SchedulingResult, Scorer
+from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
+
+WARM_SCORE = 0.5
+
+
+class NoHitLRUScorer(Scorer, PreRequest):
+    type_name = "no-hit-lru-scorer"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        lru_size: int = Field(default=1024, ge=1, alias="lruSize", description="Endpoints remembered.")
+        prefix_plugin_name: str = Field(
+            default="prefix-cache-scorer",
+            min_length=1,
+            alias="prefixPluginName",
+            description="Name of the prefix plugin whose match info says whether a request is cold.",
+        )
+
+    def __init__(self, name: str, params: Params | None = None) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self._lru_size = params.lru_size
+        self._match_key = prefix_match_key(params.prefix_plugin_name)
+        self._served: OrderedDict[str, None] = OrderedDict()  # cold-served endpoints, least recent first
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        if not self._is_cold(state.read(self._match_key)):
+            return {e.id: WARM_SCORE for e in endpoints}
+        candidates = {e.id for e in endpoints}
+        never = [e.id for e in endpoints if e.id not in self._served]
+        ranked = never + [endpoint_id for endpoint_id in self._served if endpoint_id in candidates]
+        last = len(ranked) - 1
+        if last == 0:
+            return {ranked[0]: 1.0}
+        return {endpoint_id: 1.0 - rank / last for rank, endpoint_id in enumerate(ranked)}
+
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        if not self._is_cold(state.read(self._match_key)):
+            return
+        for endpoint in prefix_holders(result):
+            self._served.pop(endpoint.id, None)
+            self._served[endpoint.id] = None
+        while len(self._served) > self._lru_size:
+            self._served.popitem(last=False)
+
+    @staticmethod
+    def _is_cold(info: PrefixMatchInfo | None) -> bool:
+        return info is None or not info.any_hit()

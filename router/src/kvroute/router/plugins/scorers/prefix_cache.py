@@ -1,0 +1,128 @@
+"""`prefix-cache-scorer`: prefer the endpoints most likely to hold the request's prompt prefix in their KV cache.
+
+The prompt is hashed into chained blocks of `blockSizeTokens * 4` characters, at most `maxPrefixBlocksToMatch`
+of them (`prefix.hashing`). The index (`prefix.index`) remembers which endpoints this router sent which blocks:
+
+    score_e = matched_e / total
+
+where `matched_e` is the number of consecutive blocks, from the first, recorded for endpoint e and `total` the
+request's block count (an empty prompt scores 0 everywhere). e.g. a 4-block prompt whose first 3 blocks were sent
+to A and first block to B scores A 0.75, B 0.25, any other endpoint 0.
+
+The matches are published as `PrefixMatchInfo` under `prefix_match_key(<plugin name>)` for the plugins that build
+on them (`prefix.match`). At `pre_request` the request's blocks are recorded, optimistically (no feedback from the
+engine), for the target of every profile that picked one: the primary target, and the prefill target in P/D.
+
+Each endpoint keeps its `lruCapacityPerServer` (31,250) most recent blocks; with `autoTune` (default) an endpoint
+reporting `num_gpu_blocks` keeps that many engine blocks' worth instead,
+`num_gpu_blocks * block_size / blockSizeTokens` (just `num_gpu_blocks` when block sizes agree or the engine's is
+unknown). Endpoints absent from every match and record for `SWEEP_INTERVAL_S` are forgotten, so pods that went
+away do not hold memory. GIE's older `hashBlockSize` (characters) is accepted in place of `blockSizeTokens`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kvroute.router.framework import CycleState, Endpoint, LLMRequest, PreRequest, SchedulingResult, Scorer
+from kvroute.router.plugins.prefix.hashing import (
+    CHARS_PER_TOKEN,
+    DEFAULT_BLOCK_SIZE_TOKENS,
+    DEFAULT_MAX_BLOCKS,
+    PromptHashes,
+    prompt_hashes,
+)
+from kvroute.router.plugins.prefix.index import PrefixIndex
+from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
+
+SWEEP_INTERVAL_S = 120.0
+
+
+class PrefixCacheScorer(Scorer, PreRequest):
+    type_name = "prefix-cache-scorer"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        block_size_tokens: int = Field(
+            default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1, alias="blockSizeTokens", description="Tokens per hashed block."
+        )
+        hash_block_size: int | None = Field(
+            default=None,
+            ge=1,
+            alias="hashBlockSize",
+            description="Characters per hashed block (GIE v0.x); replaces blockSizeTokens * 4.",
+        )
+        max_prefix_blocks_to_match: int = Field(
+            default=DEFAULT_MAX_BLOCKS, ge=1, alias="maxPrefixBlocksToMatch", description="Blocks hashed at most."
+        )
+        lru_capacity_per_server: int = Field(
+            default=31_250, ge=1, alias="lruCapacityPerServer", description="Blocks remembered per endpoint."
+        )
+        auto_tune: bool = Field(
+            default=True, alias="autoTune", description="Size each endpoint's memory from its num_gpu_blocks."
+        )
+
+        @model_validator(mode="after")
+        def _one_block_size(self) -> Self:
+            if self.hash_block_size is not None and "block_size_tokens" in self.model_fields_set:
+                raise ValueError("set blockSizeTokens or hashBlockSize, not both")
+            return self
+
+        @property
+        def block_chars(self) -> int:
+            if self.hash_block_size is not None:
+                return self.hash_block_size
+            return self.block_size_tokens * CHARS_PER_TOKEN
+
+    def __init__(self, name: str, params: Params | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self._block_chars = params.block_chars
+        self._max_blocks = params.max_prefix_blocks_to_match
+        self._capacity = params.lru_capacity_per_server
+        self._auto_tune = params.auto_tune
+        self._match_key = prefix_match_key(name)
+        self._index = PrefixIndex()
+        self._clock = clock
+        self._next_sweep = clock() + SWEEP_INTERVAL_S
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        hashes = self._hashes(state, request)
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._index.sweep()
+            self._next_sweep = now + SWEEP_INTERVAL_S
+        ids = [e.id for e in endpoints]
+        matched = self._index.match(hashes.hashes, ids)
+        total = len(hashes.hashes)
+        earlier = state.read(self._match_key)
+        published = matched if earlier is None else {**earlier.matched_blocks, **matched}
+        state.write(self._match_key, PrefixMatchInfo(published, total, self._block_chars, hashes.prompt_chars))
+        if not total:
+            return dict.fromkeys(ids, 0.0)
+        get = matched.get
+        return {endpoint_id: get(endpoint_id, 0) / total for endpoint_id in ids}
+
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        hashes = self._hashes(state, request).hashes
+        if not hashes:
+            return
+        for endpoint in prefix_holders(result):
+            self._index.record(endpoint.id, hashes, self._capacity_of(endpoint))
+
+    def _hashes(self, state: CycleState, request: LLMRequest) -> PromptHashes:
+        return prompt_hashes(state, request, block_chars=self._block_chars, max_blocks=self._max_blocks)
+
+    def _capacity_of(self, endpoint: Endpoint) -> int:
+        gpu_blocks = endpoint.metrics.num_gpu_blocks
+        if not self._auto_tune or not gpu_blocks:
+            return self._capacity
+        engine_block = endpoint.metrics.block_size
+        if not engine_block:
+            return gpu_blocks
+        return max(1, gpu_blocks * engine_block * CHARS_PER_TOKEN // self._block_chars)

@@ -1,0 +1,98 @@
+"""`token-load-scorer`: prefer endpoints with less uncached prompt work queued through this router.
+
+The router tracks, per endpoint, the prompt tokens of its requests that are still being prefilled and were not
+found in the endpoint's prefix cache. At `pre_request` the primary target e (`result.endpoints[0]`) is charged
+
+    uncached_e = info.uncached_tokens(e)      when the prefix plugin named `prefixPluginName` (default
+                                              "prefix-cache-scorer") published its match info for the request
+    uncached_e = ceil(len(prompt) / 4)        otherwise (every prompt token, four characters per token)
+
+(`PrefixMatchInfo.uncached_tokens` is `ceil((prompt_chars - matched_blocks_e * block_chars) / 4)`). The charge is
+released once, at whichever comes first: the first response chunk that carries output tokens (prefill is done)
+or `on_response_complete` (any outcome).
+
+With in-flight uncached tokens `t_e` and `T` = `queueThresholdTokens` (default 4,194,304):
+
+    score_e = 1 - min(1, t_e / T)
+
+e.g. with T = 1000, t [0, 250, 1000, 4000] scores [1.0, 0.75, 0.0, 0.0]. The score is absolute, not normalised
+across endpoints. Tokens of other router replicas are not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvroute.router.framework import (
+    CycleState,
+    Endpoint,
+    LLMRequest,
+    PreRequest,
+    ResponseHook,
+    ResponseInfo,
+    SchedulingResult,
+    Scorer,
+)
+from kvroute.router.plugins.prefix.hashing import estimate_tokens
+from kvroute.router.plugins.prefix.match import prefix_match_key
+from kvroute.router.plugins.scorers.in_flight import InFlightLedger
+
+
+class TokenLoadScorer(Scorer, PreRequest, ResponseHook):
+    type_name = "token-load-scorer"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        queue_threshold_tokens: int = Field(
+            default=4_194_304,
+            gt=0,
+            alias="queueThresholdTokens",
+            description="In-flight prompt tokens at and above which an endpoint scores 0.",
+        )
+        prefix_plugin_name: str = Field(
+            default="prefix-cache-scorer",
+            min_length=1,
+            alias="prefixPluginName",
+            description="Name of the prefix plugin whose match info gives the cached part of the prompt.",
+        )
+
+    def __init__(self, name: str, params: Params | None = None) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self._threshold = params.queue_threshold_tokens
+        self._match_key = prefix_match_key(params.prefix_plugin_name)
+        self._ledger = InFlightLedger(name)
+
+    def in_flight_tokens(self, endpoint_id: str) -> int:
+        """Prompt tokens charged to the endpoint and not yet released."""
+        return self._ledger.total(endpoint_id)
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        return {e.id: 1.0 - min(1.0, self.in_flight_tokens(e.id) / self._threshold) for e in endpoints}
+
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        if not result.endpoints:
+            return
+        target = result.endpoints[0].id
+        info = state.read(self._match_key)
+        tokens = info.uncached_tokens(target) if info is not None else estimate_tokens(len(request.prompt))
+        self._ledger.charge(state, target, tokens)
+
+    def on_response_chunk(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        endpoint: Endpoint,
+        response: ResponseInfo,
+        new_tokens: int,
+    ) -> None:
+        if new_tokens > 0:
+            self._ledger.release(state)
+
+    def on_response_complete(
+        self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
+    ) -> None:
+        self._ledger.release(state)
