@@ -405,3 +405,36 @@ def test_gie_style_thresholds_configure_the_default_detector(registry: Registry)
 )
 def test_detector_errors(body: str, expected: list[str], registry: Registry) -> None:
     assert errors(body, registry) == expected
+
+
+def test_state_publishing_scorers_run_first_and_pickers_are_seeded() -> None:
+    import random
+
+    from kvroute.router.config.loader import load_config
+    from kvroute.router.framework import ApiKind, CycleState, Endpoint, LLMRequest, ScoredEndpoint
+    from kvroute.router.plugins.registry import REGISTRY
+
+    text = """
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: no-hit-lru-scorer
+- type: prefix-cache-scorer
+- type: random-picker
+schedulingProfiles:
+- name: default
+  plugins: [{pluginRef: no-hit-lru-scorer}, {pluginRef: prefix-cache-scorer}, {pluginRef: random-picker}]
+"""
+    first = load_config(text, REGISTRY, rng=random.Random(7))
+    profile = first.profiles["default"]
+    assert [scorer.type_name for scorer, _ in profile.scorers] == ["prefix-cache-scorer", "no-hit-lru-scorer"]
+
+    endpoints = [ScoredEndpoint(Endpoint.create(f"127.0.0.{i}", 8000), 0.0) for i in range(2, 10)]
+    request = LLMRequest("r", "m", ApiKind.COMPLETIONS, "p", {}, {})
+
+    def picks(seed: int) -> list[str]:
+        picker = load_config(text, REGISTRY, rng=random.Random(seed)).profiles["default"].picker
+        return [picker.pick(CycleState(), request, endpoints)[0].id for _ in range(20)]
+
+    assert picks(7) == picks(7)
+    assert picks(7) != picks(8)

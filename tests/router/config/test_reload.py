@@ -158,7 +158,13 @@ async def test_watch_file_reloads_changes_and_survives_bad_ones(
     tmp_path: Path, registry: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text(document())
+
+    def write(text: str) -> None:  # atomically, as a mounted ConfigMap changes: a poll never sees half a file
+        staged = tmp_path / "staged.yaml"
+        staged.write_text(text)
+        staged.replace(path)
+
+    write(document())
     metrics = RouterMetrics()
     holder = ConfigHolder.load(registry, path.read_text(), metrics=metrics)
     first = holder.current
@@ -167,13 +173,13 @@ async def test_watch_file_reloads_changes_and_survives_bad_ones(
         await asyncio.sleep(0.05)
         assert holder.current is first  # the content it was loaded from is not reloaded
 
-        path.write_text(document(threshold=0.8))
+        write(document(threshold=0.8))
         await eventually(lambda: holder.current is not first)
         second = holder.current
         assert second.plugins["threshold-filter"].params.threshold == 0.8
 
         with caplog.at_level(logging.ERROR):
-            path.write_text(document(threshold=3))
+            write(document(threshold=3))
             await eventually(lambda: reloads(metrics, "failure") == 1)
         assert holder.current is second
         assert "rejected, keeping the current configuration" in caplog.text
@@ -181,7 +187,7 @@ async def test_watch_file_reloads_changes_and_survives_bad_ones(
 
         path.unlink()
         await asyncio.sleep(0.05)
-        path.write_text(document(threshold=0.3))
+        write(document(threshold=0.3))
         await eventually(lambda: holder.current is not second)
         assert holder.current.plugins["threshold-filter"].params.threshold == 0.3
         assert reloads(metrics, "success") == 2

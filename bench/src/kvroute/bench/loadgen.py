@@ -78,7 +78,7 @@ async def run_open_loop(
     plan: Sequence[PlannedRequest],
     *,
     timeout: float = 60.0,
-    on_done: Callable[[Outcome], None] | None = None,
+    on_done: Callable[[Outcome], object] | None = None,
 ) -> list[Outcome]:
     """Send every planned request at its time (open loop: a slow server does not slow the arrivals)."""
     connector = aiohttp.TCPConnector(limit=0)

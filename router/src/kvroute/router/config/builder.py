@@ -18,6 +18,7 @@ The rules, which follow GIE's defaulting and add the errors GIE leaves silent:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -98,9 +99,17 @@ def build(
     *,
     previous: LoadedConfig | None = None,
     metrics: SchedulerMetrics | None = None,
+    rng: random.Random | None = None,
 ) -> LoadedConfig:
-    """Instantiates and wires the plugins of `document`; raises `ConfigError` listing every problem found."""
-    return _Builder(registry, previous.plugins if previous is not None else {}).build(document, metrics)
+    """Instantiates and wires the plugins of `document`; raises `ConfigError` listing every problem found.
+
+    With `rng`, every picker gets its own generator seeded from it, so a run is reproducible from one seed."""
+    return _Builder(registry, previous.plugins if previous is not None else {}, rng).build(document, metrics)
+
+
+def publishers_first(scorers: list[tuple[Scorer, float]]) -> tuple[tuple[Scorer, float], ...]:
+    """Scorers that publish cycle state run before those that may read it; otherwise config order is kept."""
+    return tuple(sorted(scorers, key=lambda entry: not entry[0].publishes_state))
 
 
 def _quoted(names: list[str]) -> str:
@@ -108,8 +117,9 @@ def _quoted(names: list[str]) -> str:
 
 
 class _Builder:
-    def __init__(self, registry: Registry, previous: Mapping[str, Plugin]) -> None:
+    def __init__(self, registry: Registry, previous: Mapping[str, Plugin], rng: random.Random | None) -> None:
         self.registry = registry
+        self.rng = rng
         self.previous = previous
         self.plugins: dict[str, Plugin] = {}
         self.errors: list[str] = []
@@ -168,8 +178,11 @@ class _Builder:
         if old is not None and type(old) is cls and old.params == params:
             plugin = old
         else:
+            extra: dict[str, Any] = {}
+            if self.rng is not None and issubclass(cls, Picker):
+                extra["rng"] = random.Random(self.rng.getrandbits(64))
             try:
-                plugin = cls(name, params)
+                plugin = cls(name, params, **extra)
             except Exception as exc:
                 self.error(loc, f'cannot create plugin "{name}" of type "{type_name}": {exc}')
                 return None
@@ -249,7 +262,7 @@ class _Builder:
                 plugin = self.default(DEFAULT_PICKER_TYPE, loc, Picker)
                 picker = plugin if isinstance(plugin, Picker) else None
             if picker is not None:
-                profiles[spec.name] = SchedulingProfile(spec.name, tuple(filters), tuple(scorers), picker)
+                profiles[spec.name] = SchedulingProfile(spec.name, tuple(filters), publishers_first(scorers), picker)
         return profiles
 
     def default_profile(self) -> dict[str, SchedulingProfile]:
@@ -271,7 +284,7 @@ class _Builder:
             return {}
         picker = plugin
         filters = tuple(p for p in members if isinstance(p, Filter))
-        scorers = tuple((p, DEFAULT_SCORER_WEIGHT) for p in members if isinstance(p, Scorer))
+        scorers = publishers_first([(p, DEFAULT_SCORER_WEIGHT) for p in members if isinstance(p, Scorer)])
         return {DEFAULT_PROFILE_NAME: SchedulingProfile(DEFAULT_PROFILE_NAME, filters, scorers, picker)}
 
     def detector(self, spec: SaturationDetectorSpec) -> SaturationDetector | None:

@@ -7,6 +7,7 @@ one silently, which hides a second `plugins:` section).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import yaml
@@ -67,7 +68,8 @@ def load_config(
     *,
     previous: LoadedConfig | None = None,
     metrics: SchedulerMetrics | None = None,
+    rng: random.Random | None = None,
 ) -> LoadedConfig:
     """Parses, validates and builds a document. Plugins unchanged from `previous` are carried over as the same
-    instances; `metrics` goes to the scheduler. Raises `ConfigError`."""
-    return build(parse_config(text), registry, previous=previous, metrics=metrics)
+    instances; `metrics` goes to the scheduler; `rng` seeds the pickers. Raises `ConfigError`."""
+    return build(parse_config(text), registry, previous=previous, metrics=metrics, rng=rng)

@@ -68,6 +68,10 @@ class Filter(Plugin, ABC):
 
 
 class Scorer(Plugin, ABC):
+    # A scorer that publishes CycleState other scorers read (the prefix scorer's match info) sets this; the
+    # runner scores such publishers first, whatever their order in the profile.
+    publishes_state: ClassVar[bool] = False
+
     @abstractmethod
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         """Called per profile with the filtered endpoints; returns a score in [0, 1] per endpoint id, higher is

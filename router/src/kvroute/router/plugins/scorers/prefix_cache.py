@@ -44,6 +44,7 @@ SWEEP_INTERVAL_S = 120.0
 
 class PrefixCacheScorer(Scorer, PreRequest):
     type_name = "prefix-cache-scorer"
+    publishes_state = True  # no-hit-lru, active-blocks and the P/D handler read its match info
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,1 @@
+"""Request control: what happens to a request around scheduling (admission, hooks, the request lifecycle)."""

@@ -1,0 +1,279 @@
+"""The scraper against small in-process HTTP servers on loopback, each standing in for one model server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from kvroute.router.datalayer.pool import EndpointPool
+from kvroute.router.datalayer.scraper import ENGINE_TYPE_LABEL, MetricsScraper
+from kvroute.router.framework import Endpoint
+
+VLLM_BODY = (
+    "# TYPE vllm:num_requests_waiting gauge\n"
+    'vllm:num_requests_waiting{model_name="m"} 3.0\n'
+    'vllm:num_requests_running{model_name="m"} 5.0\n'
+    'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+    'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1.0\n'
+)
+SGLANG_BODY = "sglang:num_queue_reqs 1\nsglang:num_running_reqs 2\nsglang:token_usage 0.5\n"
+
+
+class FakeModelServer:
+    """Answers `/metrics` with whatever the test sets; counts the requests it saw."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self.body = VLLM_BODY
+        self.status = 200
+        self.delay = 0.0
+        self.headers: dict[str, str] = {}
+        self.requests = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(status=self.status, text=self.body, headers=self.headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def endpoint(self, **labels: str) -> Endpoint:
+        return Endpoint.create(self.host, self.port, labels=labels)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FakeModelServer]]:
+    started = [FakeModelServer(f"127.0.0.{i}") for i in (61, 62, 63)]
+    for server in started:
+        await server.start()
+    yield started
+    for server in started:
+        await server.stop()
+
+
+async def test_metrics_arrive_fresh_with_a_monotonic_timestamp(
+    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
+) -> None:
+    endpoint = servers[0].endpoint()
+    pool = EndpointPool([endpoint])
+
+    async with MetricsScraper(pool, interval=0.02):
+        took = await eventually(lambda: not endpoint.metrics.stale)
+        metrics = endpoint.metrics
+
+    assert took < 0.2
+    assert (metrics.waiting, metrics.running, metrics.kv_usage) == (3, 5, 0.25)
+    assert (metrics.block_size, metrics.num_gpu_blocks) == (16, 1000)
+    assert 0 <= time.monotonic() - metrics.scraped_at < 1.0
+
+
+async def test_polls_at_the_configured_interval(servers: list[FakeModelServer]) -> None:
+    pool = EndpointPool([servers[0].endpoint()])
+
+    async with MetricsScraper(pool, interval=0.05):
+        await asyncio.sleep(0.5)
+
+    assert 6 <= servers[0].requests <= 12
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    ["status", "redirect", "garbage", "too-big", "timeout", "down"],
+)
+async def test_a_failed_scrape_marks_stale_and_keeps_the_last_values(
+    servers: list[FakeModelServer], breakage: str, eventually: Callable[..., Awaitable[float]]
+) -> None:
+    server = servers[0]
+    endpoint = server.endpoint()
+    pool = EndpointPool([endpoint])
+
+    async with MetricsScraper(pool, interval=0.02, timeout=0.2, max_body_bytes=4096):
+        await eventually(lambda: not endpoint.metrics.stale)
+        if breakage == "status":
+            server.status = 500
+        elif breakage == "redirect":  # to a healthy server: following it would hide the breakage
+            server.status, server.headers = 302, {"Location": f"http://{servers[1].host}:{servers[1].port}/metrics"}
+        elif breakage == "garbage":
+            server.body = "<html>not metrics</html>"
+        elif breakage == "too-big":
+            server.body = VLLM_BODY + "#" * 5000
+        elif breakage == "timeout":
+            server.delay = 0.5
+        else:
+            await server.stop()
+        await eventually(lambda: endpoint.metrics.stale)
+        stale = endpoint.metrics
+
+        assert (stale.waiting, stale.running, stale.kv_usage) == (3, 5, 0.25)
+        if breakage != "down":
+            server.status, server.headers, server.delay = 200, {}, 0.0
+            server.body = VLLM_BODY.replace("3.0", "4.0")
+            await eventually(lambda: not endpoint.metrics.stale)
+            assert endpoint.metrics.waiting == 4
+
+
+async def test_metrics_older_than_the_staleness_window_are_marked_stale(
+    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
+) -> None:
+    server = servers[0]
+    endpoint = server.endpoint()
+    pool = EndpointPool([endpoint])
+
+    async with MetricsScraper(pool, interval=0.5, timeout=0.2, staleness=1.0):
+        await eventually(lambda: not endpoint.metrics.stale)
+        server.delay = 0.1  # keeps the next scrape in flight long enough to look at the metrics meanwhile
+        time.sleep(1.2)  # noqa: ASYNC251 - stalls the event loop on purpose, as an overloaded router would
+
+        took = await eventually(lambda: endpoint.metrics.stale, within=0.05)
+        await eventually(lambda: not endpoint.metrics.stale)
+
+    assert took < 0.05
+    assert endpoint.metrics.waiting == 3
+
+
+async def test_engine_type_label_selects_the_families(
+    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
+) -> None:
+    servers[0].body = SGLANG_BODY
+    sglang = servers[0].endpoint(**{ENGINE_TYPE_LABEL: "sglang"})
+    plain = servers[1].endpoint()
+    pool = EndpointPool([sglang, plain])
+
+    async with MetricsScraper(pool, interval=0.02):
+        await eventually(lambda: not sglang.metrics.stale and not plain.metrics.stale)
+
+    assert (sglang.metrics.waiting, sglang.metrics.running, sglang.metrics.kv_usage) == (1, 2, 0.5)
+    assert plain.metrics.waiting == 3
+
+
+async def test_default_engine_applies_to_unlabelled_and_unknown_engines(
+    servers: list[FakeModelServer], caplog: pytest.LogCaptureFixture, eventually: Callable[..., Awaitable[float]]
+) -> None:
+    servers[0].body = servers[1].body = SGLANG_BODY
+    unlabelled = servers[0].endpoint()
+    unknown = servers[1].endpoint(**{ENGINE_TYPE_LABEL: "mystery-engine"})
+    pool = EndpointPool([unlabelled, unknown])
+
+    with caplog.at_level(logging.WARNING):
+        async with MetricsScraper(pool, interval=0.02, default_engine="sglang"):
+            await eventually(lambda: not unlabelled.metrics.stale and not unknown.metrics.stale)
+
+    assert unlabelled.metrics.running == unknown.metrics.running == 2
+    assert caplog.text.count("unknown engine type 'mystery-engine'") == 1
+
+
+async def test_tasks_follow_the_pool_and_stop_leaves_none(
+    servers: list[FakeModelServer],
+    eventually: Callable[..., Awaitable[float]],
+    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+) -> None:
+    first, second, third = (server.endpoint() for server in servers)
+    pool = EndpointPool([first])
+    scraper = MetricsScraper(pool, interval=0.02)
+    await scraper.start()
+
+    assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{first.id}"}
+    pool.set_endpoints([first, second, third])
+    await eventually(lambda: not third.metrics.stale)
+    assert len(scrape_tasks()) == 3
+
+    pool.set_endpoints([third])
+    await asyncio.sleep(0.05)
+    requests_after_removal = servers[0].requests
+    await asyncio.sleep(0.1)
+    assert servers[0].requests == requests_after_removal
+    assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{third.id}"}
+
+    await scraper.stop()
+    await scraper.stop()
+
+    assert scrape_tasks() == set()
+    assert scraper._session is None  # the session it opened is closed
+    pool.set_endpoints([first])  # no longer followed
+    assert scrape_tasks() == set()
+
+
+async def test_task_count_stays_bounded_under_pool_churn(
+    eventually: Callable[..., Awaitable[float]], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+) -> None:
+    # Nothing listens on these ports: every scrape fails fast, which is fine for counting tasks.
+    pool = EndpointPool()
+
+    async with MetricsScraper(pool, interval=0.01):
+        for round_ in range(300):
+            pool.set_endpoints([Endpoint.create("127.0.0.64", 1000 + (round_ + i) % 50) for i in range(5)])
+            await asyncio.sleep(0)
+        await eventually(lambda: len(scrape_tasks()) == 5)
+
+        assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{e.id}" for e in pool.snapshot()}
+    assert scrape_tasks() == set()
+
+
+async def test_an_injected_session_is_used_and_left_open(
+    servers: list[FakeModelServer],
+    eventually: Callable[..., Awaitable[float]],
+    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+) -> None:
+    endpoint = servers[0].endpoint()
+    async with aiohttp.ClientSession() as session:
+        scraper = MetricsScraper(EndpointPool([endpoint]), session=session, interval=0.02)
+        await scraper.start()
+        await eventually(lambda: not endpoint.metrics.stale)
+        await scraper.stop()
+
+        assert not session.closed
+        assert scrape_tasks() == set()
+
+
+async def test_relabelled_endpoint_receives_the_metrics(
+    servers: list[FakeModelServer],
+    eventually: Callable[..., Awaitable[float]],
+    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+) -> None:
+    old = servers[0].endpoint()
+    pool = EndpointPool([old])
+
+    async with MetricsScraper(pool, interval=0.02):
+        await eventually(lambda: not old.metrics.stale)
+        servers[0].body = VLLM_BODY.replace("3.0", "8.0")
+        pool.set_endpoints([servers[0].endpoint(**{"llm-d.ai/role": "decode"})])
+        new = pool.snapshot()[0]
+
+        await eventually(lambda: new.metrics.waiting == 8)
+
+    assert new is not old
+    assert len(scrape_tasks()) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"default_engine": "tgi"}, "unknown engine type 'tgi'"),
+        ({"interval": 0}, "must be positive"),
+        ({"timeout": -1}, "must be positive"),
+        ({"interval": 1.0, "timeout": 1.5, "staleness": 2.0}, "exceeds staleness"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MetricsScraper(EndpointPool(), **kwargs)  # type: ignore[arg-type]
