@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kvroute-installed
+SOURCES := $(wildcard router/src operator/src simulator/src bench/src)
 
 .PHONY: demo test lint typecheck unit venv clean
 
@@ -23,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy router/src operator/src simulator/src bench/src
+	$(BIN)/mypy $(SOURCES)
 
 test: lint typecheck
 	$(BIN)/pytest
