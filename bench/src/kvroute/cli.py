@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # sub-command -> (module providing `register(subparsers)` , help)
 _PARTS: dict[str, tuple[str, str]] = {
+    "router": ("kvroute.router.cli", "KV-cache-aware router"),
     "sim": ("kvroute.simulator.cli", "vLLM-compatible simulator"),
     "demo": ("kvroute.bench.demo", "run the demo on simulated pods"),
 }

@@ -1,0 +1,290 @@
+"""Fixtures for the proxy tests: scriptable fake model servers and in-process proxies, all on 127.0.0.0/8.
+
+The in-process proxy is the same `ProxyServer` the `kvroute router` command runs; tests that need to look inside
+(plugin state, the recording hook) use it, the others start the real command (see the integration modules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from aiohttp import web
+
+from kvroute.router.config.builder import Registry
+from kvroute.router.framework import Endpoint
+from kvroute.router.proxy.server import ProxyServer, ProxySettings
+
+# Fake model servers on 127.0.3.x, proxies on 127.0.4.x: away from the simulators' 127.0.0.x.
+_FAKE_HOSTS = itertools.cycle(f"127.0.3.{i}" for i in range(1, 255))
+_PROXY_HOSTS = itertools.cycle(f"127.0.4.{i}" for i in range(1, 255))
+
+MODEL = "fake-model"
+
+Script = Callable[[web.Request, "FakeServer"], Awaitable[web.StreamResponse]]
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def text_chunk(text: str, finish_reason: str | None = None) -> bytes:
+    return sse({"choices": [{"index": 0, "text": text, "finish_reason": finish_reason}]})
+
+
+async def answer_json(request: web.Request, server: FakeServer) -> web.StreamResponse:
+    body = {
+        "choices": [{"index": 0, "text": "ok", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 0}},
+    }
+    return web.json_response(body, headers={"x-inference-pod": server.name, "Keep-Alive": "timeout=60"})
+
+
+@dataclass
+class FakeServer:
+    """A model server whose `/v1/completions` answer is a script; it records what it received."""
+
+    name: str
+    host: str
+    script: Script = answer_json
+    waiting: int = 0
+    models: list[str] = field(default_factory=lambda: [MODEL])
+    received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.create(self.host, self.port)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        self.received.append(({k.lower(): v for k, v in request.headers.items()}, await request.json()))
+        try:
+            return await self.script(request, self)
+        except (asyncio.CancelledError, ConnectionError):
+            self.disconnected.set()
+            raise
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = (
+            f'vllm:num_requests_waiting{{model_name="{MODEL}"}} {self.waiting}\n'
+            f'vllm:num_requests_running{{model_name="{MODEL}"}} 0\n'
+            f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} 0.0\n'
+        )
+        return web.Response(text=text)
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Callable[..., Awaitable[FakeServer]]]:
+    """`await fakes(name, script=...)` starts a fake model server; all are stopped at teardown."""
+    started: list[FakeServer] = []
+
+    async def start(name: str, script: Script = answer_json, **kwargs: Any) -> FakeServer:
+        server = FakeServer(name, next(_FAKE_HOSTS), script, **kwargs)
+        await server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            await server.stop()
+
+
+def dead_endpoint() -> Endpoint:
+    """An address where nothing listens (a port of a fake host that was never bound)."""
+    return Endpoint.create(next(_FAKE_HOSTS), 9)
+
+
+@pytest.fixture
+async def proxies(registry: Registry) -> AsyncIterator[Callable[..., Awaitable[ProxyServer]]]:
+    """`await proxies(endpoints, config_text, **settings)` starts an in-process proxy; stopped at teardown."""
+    started: list[ProxyServer] = []
+
+    async def start(endpoints: list[Endpoint], config_text: str | None = None, **settings: Any) -> ProxyServer:
+        options = ProxySettings(host=next(_PROXY_HOSTS), port=0, **settings)
+        server = ProxyServer(endpoints, registry, options, config_text=config_text)
+        await server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            await server.stop()
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Awaitable[None]]:
+    """`await wait_for(predicate, within=3.0)`."""
+    return eventually
+
+
+@dataclass(frozen=True)
+class Kit:
+    """Helpers for test modules, which cannot import this conftest by name."""
+
+    model: str = MODEL
+    sse: Callable[[dict[str, Any]], bytes] = sse
+    text_chunk: Callable[..., bytes] = text_chunk
+    dead_endpoint: Callable[[], Endpoint] = dead_endpoint
+
+
+@pytest.fixture
+def kit() -> Kit:
+    return Kit()
+
+
+class RouterProcess:
+    """One `kvroute router --mode proxy` subprocess."""
+
+    def __init__(self, host: str, port: int, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+        self.host = host
+        self.port = port
+        self.process = process
+        self._log = log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def output(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"router on {self.base_url} not ready after {timeout}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RouterFleet:
+    """Starts `kvroute router --mode proxy` subprocesses and stops every one of them (by PID) at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[RouterProcess] = []
+
+    def __call__(self, endpoints: str, *args: str, config: Path | None = None) -> RouterProcess:
+        """Starts a router for `endpoints` (an `--endpoints` value), ready once `/readyz` answers 200."""
+        host = next(_PROXY_HOSTS)
+        port = _free_port(host)
+        command = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "proxy", "--endpoints", endpoints]
+        command += ["--host", host, "--port", str(port), *args]
+        if config is not None:
+            command += ["--config", str(config)]
+        log = tempfile.NamedTemporaryFile(prefix="kvroute-router-", suffix=".log", delete=False)  # noqa: SIM115
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        router = RouterProcess(host, port, process, log)
+        self.processes.append(router)
+        router.wait_ready()
+        return router
+
+    def stop_all(self) -> None:
+        while self.processes:
+            self.processes.pop().stop()
+
+
+@pytest.fixture
+def routers() -> Iterator[RouterFleet]:
+    fleet = RouterFleet()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_routers() -> Iterator[RouterFleet]:
+    fleet = RouterFleet()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+def endpoints_spec(sims: Iterable[Any], role: str | None = None) -> str:
+    """The `--endpoints` value for simulator processes (`SimProcess` of the root conftest)."""
+    suffix = f";role={role}" if role else ""
+    return ",".join(f"{sim.host}:{sim.port}{suffix}" for sim in sims)
+
+
+@pytest.fixture
+def spec_of() -> Callable[..., str]:
+    return endpoints_spec

@@ -1,0 +1,70 @@
+"""`kvroute router`: flags, and the messages a wrong invocation gets before anything starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvroute.cli import build_parser
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "kvroute.cli", "router", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_every_flag_has_help_and_the_defaults_are_documented() -> None:
+    parser = build_parser(["router"])
+    args = parser.parse_args(["router", "--endpoints", "127.0.0.2:8000"])
+    router = next(a for a in parser._subparsers._group_actions if a.dest == "part").choices["router"]  # type: ignore[union-attr]
+
+    assert (args.mode, args.host, args.port, args.max_body_bytes) == ("proxy", "127.0.0.1", 8080, 10 * 1024 * 1024)
+    assert (args.config, args.scrape_interval, args.log_level) == (None, None, "info")
+    for action in router._actions:
+        assert action.help, action.option_strings
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("50ms", 0.05), ("0.2", 0.2), ("1s", 1.0)])
+def test_scrape_interval_takes_seconds_or_go_durations(value: str, seconds: float) -> None:
+    args = build_parser(["router"]).parse_args(["router", "--endpoints", "127.0.0.2:8000", "--scrape-interval", value])
+
+    assert args.scrape_interval == pytest.approx(seconds)
+
+
+def test_ext_proc_mode_is_refused_with_a_clear_message() -> None:
+    result = run("--mode", "ext-proc", "--endpoints", "127.0.0.2:8000")
+
+    assert result.returncode == 2
+    assert "--mode ext-proc is not available yet; use --mode proxy" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--endpoints", "localhost:8000"), "'localhost' is not an IPv4 address"),
+        (("--endpoints", "127.0.0.2:8000", "--scrape-interval", "soon"), "is not a duration"),
+        (("--endpoints", "127.0.0.2:8000", "--max-body-bytes", "0"), "must be at least 1"),
+        (("--endpoints", "127.0.0.2:8000", "--config", "/nonexistent/kvroute.yaml"), "cannot read --config"),
+        ((), "the following arguments are required: --endpoints"),
+    ],
+)
+def test_bad_invocations_fail_at_once(args: tuple[str, ...], message: str) -> None:
+    result = run(*args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_an_invalid_configuration_names_the_offending_path(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "apiVersion: kvroute.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n  - type: no-such-scorer\n"
+    )
+
+    result = run("--endpoints", "127.0.0.2:8000", "--config", str(config))
+
+    assert result.returncode == 2
+    assert 'plugins[0].type: unknown plugin type "no-such-scorer"' in result.stderr
