@@ -15,6 +15,7 @@ from collections.abc import Sequence
 _PARTS: dict[str, tuple[str, str]] = {
     "router": ("kvroute.router.cli", "KV-cache-aware router"),
     "sim": ("kvroute.simulator.cli", "vLLM-compatible simulator"),
+    "bench": ("kvroute.bench.cli", "benchmarks: routing quality, live side by side, overhead"),
     "demo": ("kvroute.bench.demo", "run the demo on simulated pods"),
 }
 

@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from kvroute.router.framework import (
     ApiKind,
@@ -122,14 +123,14 @@ def run(iterations: int) -> list[Row]:
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def register(sub: Any) -> None:
+    parser = sub.add_parser("scheduling", help="latency of one scheduling decision", description=__doc__)
     parser.add_argument("--iterations", type=int, default=2000, help="timed calls per row (default 2000)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
     print(f"{'measurement':<40} {'endpoints':>9} {'chars':>7} {'p50 us':>8} {'p99 us':>8} {'p99 cpu':>8}")
     for label, n_endpoints, chars, p50, p99, cpu_p99 in run(args.iterations):
         print(f"{label:<40} {n_endpoints:>9} {chars:>7} {p50:>8.1f} {p99:>8.1f} {cpu_p99:>8.1f}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0
