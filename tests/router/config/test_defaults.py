@@ -32,3 +32,17 @@ def test_holder_without_text_serves_the_builtin_default(registry: dict[str, type
         ("kv-cache-utilization-scorer", 2.0),
         ("prefix-cache-scorer", 3.0),
     ]
+
+
+def test_the_default_picker_returns_two_fallbacks() -> None:
+    from kvroute.router.config.reload import ConfigHolder
+    from kvroute.router.framework import ApiKind, CycleState, Endpoint, LLMRequest
+    from kvroute.router.plugins.registry import REGISTRY
+
+    config = ConfigHolder.load(REGISTRY).current
+    endpoints = [Endpoint.create(f"127.0.0.{i}", 8000) for i in range(2, 7)]
+    result = config.scheduler.schedule(
+        LLMRequest("r", "m", ApiKind.COMPLETIONS, "hello", {}, {}), endpoints, CycleState()
+    )
+    assert len(result.endpoints) == 3
+    assert len({e.id for e in result.endpoints}) == 3

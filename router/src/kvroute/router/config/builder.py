@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from kvroute.router.config.defaults import (
     DEFAULT_HANDLER_TYPE,
+    DEFAULT_PICKER_PARAMETERS,
     DEFAULT_PICKER_TYPE,
     DEFAULT_PROFILE_NAME,
     DEFAULT_SATURATION_DETECTOR_TYPE,
@@ -259,7 +260,7 @@ class _Builder:
                     else:
                         picker = plugin
             if picker is None:
-                plugin = self.default(DEFAULT_PICKER_TYPE, loc, Picker)
+                plugin = self.default(DEFAULT_PICKER_TYPE, loc, Picker, DEFAULT_PICKER_PARAMETERS)
                 picker = plugin if isinstance(plugin, Picker) else None
             if picker is not None:
                 profiles[spec.name] = SchedulingProfile(spec.name, tuple(filters), publishers_first(scorers), picker)
@@ -279,7 +280,11 @@ class _Builder:
                 f"({_quoted([p.name for p in pickers])}); list the profiles",
             )
             return {}
-        plugin = pickers[0] if pickers else self.default(DEFAULT_PICKER_TYPE, ("schedulingProfiles",), Picker)
+        plugin = (
+            pickers[0]
+            if pickers
+            else self.default(DEFAULT_PICKER_TYPE, ("schedulingProfiles",), Picker, DEFAULT_PICKER_PARAMETERS)
+        )
         if not isinstance(plugin, Picker):
             return {}
         picker = plugin
