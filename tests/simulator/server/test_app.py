@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -160,6 +161,38 @@ def test_tokenize_a_prompt(sim: Any) -> None:
     body = post(sim, "/tokenize", {"prompt": "abcdefghij"})
     assert body["count"] == 3 == len(body["tokens"])
     assert body["max_model_len"] == 131_072
+
+
+def test_render_answers_the_token_ids_generation_would_run_without_generating(sim: Any) -> None:
+    model = "meta-llama/Llama-3.1-8B-Instruct"
+    prompt = unique_text("render", 400)  # 6 full blocks that a generation would have left cached
+    messages = [{"role": "user", "content": unique_text("render-chat", 60)}]
+
+    completion = post(sim, "/v1/completions/render", {"model": model, "prompt": prompt, "max_tokens": 3})
+    chat = post(sim, "/v1/chat/completions/render", {"model": model, "messages": messages})
+
+    assert completion == [
+        {
+            "model": model,
+            "token_ids": post(sim, "/tokenize", {"prompt": prompt})["tokens"],
+            "sampling_params": {"max_tokens": 3},
+        }
+    ]
+    assert chat["token_ids"] == post(sim, "/tokenize", {"messages": messages})["tokens"]
+    assert chat["sampling_params"] == {"max_tokens": 16}  # the server's --default-max-tokens
+    # Nothing ran: a rendered prompt is not in the KV cache afterwards.
+    generated = post(sim, "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 1})
+    assert generated["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_render_rejects_what_generation_rejects(sim: Any) -> None:
+    request = urllib.request.Request(
+        f"{sim.base_url}/v1/completions/render", data=json.dumps({"model": "no-such-model", "prompt": "x"}).encode()
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 404
+    assert json.load(caught.value)["error"]["message"] == "The model `no-such-model` does not exist."
 
 
 def test_kv_events_are_published_with_the_server_topic(sim_fleet: Any, require_component: Any) -> None:

@@ -1,9 +1,11 @@
 """The aiohttp application: routes, JSON errors for every failure, identity headers, engine lifecycle.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`,
-`POST /tokenize`, `GET /metrics`. Any error (a bad body, an unknown path or method, an oversized body, an
-injected failure) is answered with vLLM's JSON error body; every response carries `x-inference-pod` and
-`x-inference-namespace`.
+`POST /tokenize`, `POST /v1/completions/render`, `POST /v1/chat/completions/render`, `GET /metrics`. The render
+routes answer with the prompt token ids that a generation request with the same body would run (completions: a
+list with one entry; chat: one object), without generating; routers that place requests by token ids ask every
+server for them. Any error (a bad body, an unknown path or method, an oversized body, an injected failure) is
+answered with vLLM's JSON error body; every response carries `x-inference-pod` and `x-inference-namespace`.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def build_app(config: ServerConfig) -> web.Application:
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_post("/tokenize", _tokenize)
+    app.router.add_post("/v1/completions/render", _render_completion)
+    app.router.add_post("/v1/chat/completions/render", _render_chat)
     app.router.add_get("/metrics", _metrics)
     return app
 
@@ -218,10 +222,29 @@ async def _tokenize(request: web.Request) -> web.Response:
     )
 
 
+async def _render_completion(request: web.Request) -> web.Response:
+    return _json([await _render(request, parse_completion)])
+
+
+async def _render_chat(request: web.Request) -> web.Response:
+    return _json(await _render(request, parse_chat))
+
+
+async def _render(request: web.Request, parse: Parser) -> dict[str, Any]:
+    context = request.app[CONTEXT]
+    body = decode_json_body(await request.read())
+    parsed = parse(body, context.catalog, context.tokenizer, default_max_tokens=context.config.default_max_tokens)
+    return {
+        "model": parsed.model,
+        "token_ids": parsed.prompt_token_ids,
+        "sampling_params": {"max_tokens": parsed.max_tokens},
+    }
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[CONTEXT].metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _json(body: dict[str, Any]) -> web.Response:
+def _json(body: dict[str, Any] | list[Any]) -> web.Response:
     return web.Response(text=json.dumps(body), content_type="application/json")

@@ -1,0 +1,1 @@
+"""`kvroute bench overhead`: what the router costs: scheduling latency, proxy CPU per request, index memory."""

@@ -1,0 +1,114 @@
+"""The ext_proc front door's listeners (`kvroute router --mode ext-proc` runs a `RouterCore` with this door).
+
+`ExtProcDoor` runs on a `RouterCore` it does not own:
+
+- the ext_proc gRPC server (default port 9002), TLS unless `secure_serving` is off, also answering gRPC health;
+- a plain gRPC health server (default 9003) for probes: `liveness`, `readiness`, the ext_proc service name;
+- Prometheus `/metrics` over HTTP (default 9090).
+
+Ports are bound without SO_REUSEPORT, so a second router on a taken port fails at start instead of silently
+sharing it. The largest gRPC message accepted is the body limit plus 1 MiB, so a BUFFERED body at the limit
+arrives whole and gets its 413 from the Director. `stop()` reports NOT_SERVING, then lets streams in flight
+finish for `shutdown_grace` seconds before cancelling them (each cancelled request still completes once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+
+from kvroute.router.extproc.health import HealthService
+from kvroute.router.extproc.processor import Processor, ResponseMode
+from kvroute.router.extproc.service import ExtProcService
+from kvroute.router.extproc.tls import server_credentials
+from kvroute.router.observability import CONTENT_TYPE
+from kvroute.router.runtime import RouterCore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtProcSettings:
+    host: str = "127.0.0.1"
+    port: int = 9002
+    health_port: int = 9003
+    metrics_port: int = 9090
+    secure_serving: bool = True
+    cert_path: str | None = None  # a directory with tls.crt and tls.key; None: self-signed, made at start
+    response_mode: ResponseMode = ResponseMode.FULL
+    max_destinations: int = 1
+    shutdown_grace: float = 10.0
+
+
+class ExtProcDoor:
+    def __init__(self, core: RouterCore, settings: ExtProcSettings | None = None) -> None:
+        self.core = core
+        self.settings = settings = settings or ExtProcSettings()
+        self.processor = Processor(core.director, settings.response_mode, settings.max_destinations)
+        self.health = HealthService(core.not_ready_reason)
+        self.port = self.health_port = self.metrics_port = 0  # the ports bound, once started
+        self._servers: list[grpc.aio.Server] = []
+        self._metrics: web.AppRunner | None = None
+
+    def _server(self) -> grpc.aio.Server:
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", self.core.director.max_body_bytes + 1024 * 1024),
+        ]
+        server = grpc.aio.server(options=options)
+        self.health.add_to(server)
+        self._servers.append(server)
+        return server
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        main = self._server()
+        ExtProcService(self.processor).add_to(main)
+        address = f"{settings.host}:{settings.port}"
+        if settings.secure_serving:
+            credentials = await asyncio.to_thread(server_credentials, settings.host, settings.cert_path)
+            self.port = main.add_secure_port(address, credentials)
+        else:
+            self.port = main.add_insecure_port(address)
+        health = self._server()
+        self.health_port = health.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        for server in self._servers:
+            await server.start()
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_page)
+        self._metrics = web.AppRunner(app, access_log=None)
+        await self._metrics.setup()
+        await web.TCPSite(self._metrics, settings.host, settings.metrics_port).start()
+        self.metrics_port = self._metrics.addresses[0][1]
+        log.info(
+            "ext_proc listening on %s:%d (%s, response mode %s), health on %d, metrics on %d, for %d endpoints",
+            settings.host,
+            self.port,
+            "TLS" if settings.secure_serving else "plaintext",
+            settings.response_mode.value,
+            self.health_port,
+            self.metrics_port,
+            len(self.core.pool),
+        )
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.core.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def stop(self) -> None:
+        self.health.stopping = True
+        servers, self._servers = self._servers, []
+        await asyncio.gather(*(server.stop(self.settings.shutdown_grace) for server in servers))
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+            self._metrics = None

