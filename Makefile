@@ -10,7 +10,7 @@ SOURCES := $(wildcard router/src operator/src simulator/src bench/src)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,peers]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,8 +26,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy $(SOURCES)
 
-test: lint typecheck
+test: lint typecheck k8s-tools
 	$(BIN)/pytest
+
+# helm and kubectl for the chart tests and the e2e suite, cached outside the repository.
+.PHONY: k8s-tools
+k8s-tools:
+	bash scripts/k8s-tools.sh >/dev/null
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

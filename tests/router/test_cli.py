@@ -34,11 +34,28 @@ def test_scrape_interval_takes_seconds_or_go_durations(value: str, seconds: floa
     assert args.scrape_interval == pytest.approx(seconds)
 
 
-def test_ext_proc_mode_is_refused_with_a_clear_message() -> None:
-    result = run("--mode", "ext-proc", "--endpoints", "127.0.0.2:8000")
+@pytest.mark.parametrize(("value", "seconds"), [(None, 300.0), ("0", 0.0), ("90s", 90.0), ("2.5", 2.5)])
+def test_upstream_idle_timeout_takes_a_duration_or_zero_for_none(value: str | None, seconds: float) -> None:
+    flags = [] if value is None else ["--upstream-idle-timeout", value]
+    args = build_parser(["router"]).parse_args(["router", "--endpoints", "127.0.0.2:8000", *flags])
+
+    assert args.upstream_idle_timeout == pytest.approx(seconds)
+
+
+def test_a_negative_upstream_idle_timeout_is_refused() -> None:
+    result = run("--endpoints", "127.0.0.2:8000", "--upstream-idle-timeout", "-1")
 
     assert result.returncode == 2
-    assert "--mode ext-proc is not available yet; use --mode proxy" in result.stderr
+    assert "must be a positive number of seconds" in result.stderr
+
+
+def test_ext_proc_flags_default_to_the_endpoint_picker_conventions() -> None:
+    args = build_parser(["router"]).parse_args(["router", "--mode", "ext-proc", "--endpoints", "127.0.0.2:8000"])
+    off = build_parser(["router"]).parse_args(["router", "--endpoints", "127.0.0.2:8000", "--secure-serving=false"])
+
+    assert (args.grpc_port, args.grpc_health_port, args.metrics_port) == (9002, 9003, 9090)
+    assert (args.secure_serving, args.cert_path, args.response_mode, args.max_destinations) == (True, None, "full", 1)
+    assert off.secure_serving is False
 
 
 @pytest.mark.parametrize(
@@ -48,7 +65,11 @@ def test_ext_proc_mode_is_refused_with_a_clear_message() -> None:
         (("--endpoints", "127.0.0.2:8000", "--scrape-interval", "soon"), "is not a duration"),
         (("--endpoints", "127.0.0.2:8000", "--max-body-bytes", "0"), "must be at least 1"),
         (("--endpoints", "127.0.0.2:8000", "--config", "/nonexistent/kvroute.yaml"), "cannot read --config"),
-        ((), "the following arguments are required: --endpoints"),
+        ((), "give --endpoints (static discovery) or --pool-name (Kubernetes discovery)"),
+        (("--endpoints", "127.0.0.2:8000", "--secure-serving", "maybe"), "'maybe' is not true or false"),
+        (("--endpoints", "127.0.0.2:8000", "--grpc-port", "70000"), "must be between 0 and 65535"),
+        (("--endpoints", "127.0.0.2:8000", "--secure-serving=false", "--cert-path", "/tmp"), "--cert-path needs"),
+        (("--endpoints", "127.0.0.2:8000", "--mode", "ext-proc", "--response-mode", "half"), "invalid choice"),
     ],
 )
 def test_bad_invocations_fail_at_once(args: tuple[str, ...], message: str) -> None:

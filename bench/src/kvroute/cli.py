@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # sub-command -> (module providing `register(subparsers)` , help)
 _PARTS: dict[str, tuple[str, str]] = {
     "router": ("kvroute.router.cli", "KV-cache-aware router"),
+    "operator": ("kvroute.operator.cli", "Kubernetes operator: one router per InferencePool"),
     "sim": ("kvroute.simulator.cli", "vLLM-compatible simulator"),
     "bench": ("kvroute.bench.cli", "benchmarks: routing quality, live side by side, overhead"),
     "demo": ("kvroute.bench.demo", "run the demo on simulated pods"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -305,6 +306,25 @@ def test_apply_keeps_previous_values_for_missing_fields() -> None:
     assert fresh == EndpointMetrics(
         waiting=1, running=5, kv_usage=0.0, block_size=16, num_gpu_blocks=10, scraped_at=42.0, stale=False
     )
+
+
+def test_apply_carries_every_field_the_exposition_lacked() -> None:
+    # `apply` names the fields one by one: a field added to EndpointMetrics must not be reset by every scrape.
+    previous = EndpointMetrics(
+        waiting=1,
+        running=2,
+        kv_usage=0.3,
+        lora=LoraInfo(max_loras=2, running=("a",)),
+        block_size=16,
+        num_gpu_blocks=10,
+        scraped_at=1.0,
+        stale=False,
+    )
+    assert all(getattr(previous, f.name) != f.default for f in dataclasses.fields(EndpointMetrics))
+
+    fresh = ParsedMetrics().apply(previous, scraped_at=42.0)
+
+    assert fresh == dataclasses.replace(previous, scraped_at=42.0, stale=False)
 
 
 def test_scanner_is_much_faster_than_the_full_parser() -> None:

@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -36,10 +35,13 @@ class FakeModelServer:
         self.delay = 0.0
         self.headers: dict[str, str] = {}
         self.requests = 0
+        self.peers: set[int] = set()  # client ports: one per connection
         self._runner: web.AppRunner | None = None
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.requests += 1
+        assert request.transport is not None
+        self.peers.add(request.transport.get_extra_info("peername")[1])
         if self.delay:
             await asyncio.sleep(self.delay)
         return web.Response(status=self.status, text=self.body, headers=self.headers)
@@ -56,6 +58,11 @@ class FakeModelServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @property
+    def open_connections(self) -> int:
+        assert self._runner is not None and self._runner.server is not None
+        return len(self._runner.server.connections)
 
     def endpoint(self, **labels: str) -> Endpoint:
         return Endpoint.create(self.host, self.port, labels=labels)
@@ -208,7 +215,7 @@ async def test_tasks_follow_the_pool_and_stop_leaves_none(
     await scraper.stop()
 
     assert scrape_tasks() == set()
-    assert scraper._session is None  # the session it opened is closed
+    await eventually(lambda: all(server.open_connections == 0 for server in servers))  # connections closed
     pool.set_endpoints([first])  # no longer followed
     assert scrape_tasks() == set()
 
@@ -229,20 +236,18 @@ async def test_task_count_stays_bounded_under_pool_churn(
     assert scrape_tasks() == set()
 
 
-async def test_an_injected_session_is_used_and_left_open(
-    servers: list[FakeModelServer],
-    eventually: Callable[..., Awaitable[float]],
-    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(
+    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
 ) -> None:
-    endpoint = servers[0].endpoint()
-    async with aiohttp.ClientSession() as session:
-        scraper = MetricsScraper(EndpointPool([endpoint]), session=session, interval=0.02)
-        await scraper.start()
-        await eventually(lambda: not endpoint.metrics.stale)
-        await scraper.stop()
+    pool = EndpointPool([servers[0].endpoint(), servers[1].endpoint()])
 
-        assert not session.closed
-        assert scrape_tasks() == set()
+    async with MetricsScraper(pool, interval=0.01):
+        await asyncio.sleep(0.3)
+        assert servers[0].open_connections == servers[1].open_connections == 1
+
+    assert servers[0].requests >= 10
+    assert len(servers[0].peers) == len(servers[1].peers) == 1
+    await eventually(lambda: servers[0].open_connections == servers[1].open_connections == 0)
 
 
 async def test_relabelled_endpoint_receives_the_metrics(

@@ -17,7 +17,8 @@ from kvroute.router.framework import ApiKind, Endpoint, EndpointMetrics
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
 from kvroute.router.requestcontrol.body import RequestError
-from kvroute.router.requestcontrol.director import Director, RequestHandle
+from kvroute.router.requestcontrol.director import Director
+from kvroute.router.requestcontrol.handle import RequestHandle
 
 CONFIG = """\
 apiVersion: kvroute.io/v1alpha1

@@ -8,7 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("kvroute.bench.scheduling_latency",)
+BENCHMARKS = (
+    "kvroute.bench.scheduling_latency",
+    "kvroute.bench.quality.cli",
+    "kvroute.bench.live.cli",
+    "kvroute.bench.overhead.cli",
+    "kvroute.bench.extproc",
+)
 
 
 def register(sub: Any) -> None:

@@ -45,7 +45,7 @@ ENDPOINT_COUNTS = (64, 256)
 PROMPT_CHARS = (8_000, 32_000)
 
 
-def _measure(run: Callable[[], object], iterations: int) -> tuple[float, float, float]:
+def measure(run: Callable[[], object], iterations: int) -> tuple[float, float, float]:
     """p50 and p99 wall-clock and p99 CPU time of `run()`, in microseconds. The CPU time leaves out the time the
     process was preempted, which on a busy machine is most of the wall-clock tail."""
     for _ in range(max(10, iterations // 10)):
@@ -65,13 +65,13 @@ def _measure(run: Callable[[], object], iterations: int) -> tuple[float, float, 
     return wall_cuts[49] / 1000, wall_cuts[98] / 1000, cpu_cuts[98] / 1000
 
 
-def _request(prompt: str) -> LLMRequest:
+def bench_request(prompt: str) -> LLMRequest:
     return LLMRequest(
         request_id="bench", model="bench-model", api=ApiKind.COMPLETIONS, prompt=prompt, body={}, headers={}
     )
 
 
-def _warm(prefix: PrefixCacheScorer, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
+def warm(prefix: PrefixCacheScorer, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
     """Record the prompt for every endpoint, as if each had served it."""
     for endpoint in endpoints:
         result = SchedulingResult({"default": ProfileResult((endpoint,))}, "default")
@@ -105,21 +105,21 @@ def run(iterations: int) -> list[Row]:
     for n_endpoints in ENDPOINT_COUNTS:
         endpoints = [Endpoint.create(f"10.0.{i // 250}.{i % 250 + 1}", 8000) for i in range(n_endpoints)]
         for chars in PROMPT_CHARS:
-            request = _request("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(chars)))
+            request = bench_request("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(chars)))
             blocks = -(-chars // 64)
             for max_blocks in sorted({min(blocks, 256), blocks}):
                 prefix = PrefixCacheScorer(
                     "prefix-cache-scorer", PrefixCacheScorer.Params(maxPrefixBlocksToMatch=max_blocks)
                 )
-                _warm(prefix, request, endpoints)
+                warm(prefix, request, endpoints)
                 score = partial(_score_fresh, prefix, request, endpoints)
-                rows.append((f"prefix score, {max_blocks} blocks", n_endpoints, chars, *_measure(score, iterations)))
+                rows.append((f"prefix score, {max_blocks} blocks", n_endpoints, chars, *measure(score, iterations)))
                 if max_blocks != min(blocks, 256):
                     continue
                 for full in (False, True):
                     label = "schedule() +no-hit-lru +active-blocks" if full else "schedule() GIE default"
                     schedule = partial(_scheduler(prefix, full).schedule, request, endpoints)
-                    rows.append((label, n_endpoints, chars, *_measure(schedule, iterations)))
+                    rows.append((label, n_endpoints, chars, *measure(schedule, iterations)))
     return rows
 
 

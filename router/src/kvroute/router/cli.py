@@ -1,24 +1,39 @@
 """`kvroute router ...`: run the router.
 
 `--mode proxy` serves the OpenAI-compatible API itself, picking an endpoint for every request and forwarding it
-(no gateway needed). The address defaults to 127.0.0.1, so a router started by hand is not reachable from other
-machines (its `/admin/reload` route included); in a container use `--host 0.0.0.0`.
+(no gateway needed). `--mode ext-proc` is an Endpoint Picker for a gateway: Envoy's ext_proc gRPC protocol on
+`--grpc-port` (TLS with a self-signed certificate unless `--secure-serving=false`), gRPC health on
+`--grpc-health-port`, Prometheus on `--metrics-port` (see docs/extproc.md). `--mode both` runs the two front doors
+on one router (one pool, one prefix index). Addresses default to 127.0.0.1, so a router started by hand is not
+reachable from other machines (the proxy's `/admin/reload` route included); in a container use `--host 0.0.0.0`.
+
+Discovery: `--endpoints` lists the model servers (static); `--discovery kubernetes --pool-name NAME` follows the
+Ready pods of that InferencePool instead, optionally with the configuration from a ConfigMap
+(`--config-configmap NAME`, key `config.yaml`, hot-reloaded).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvroute.router.config.models import parse_duration
+from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 
-MODES = ("proxy", "ext-proc")
+if TYPE_CHECKING:
+    from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
+    from kvroute.router.runtime import FrontDoor, RouterCore
+
+MODES = ("proxy", "ext-proc", "both")
+RESPONSE_MODES = ("full", "light")
+DISCOVERIES = ("static", "kubernetes")
 
 
 def _duration(text: str) -> float:
@@ -35,6 +50,35 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _duration_or_zero(text: str) -> float:
+    """A duration as for `_duration`, or 0 (off)."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass
+    return _duration(text)
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 65535")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -48,16 +92,60 @@ def _positive_int(text: str) -> int:
 def register(sub: Any) -> None:
     parser = sub.add_parser("router", help="KV-cache-aware router", description=__doc__)
     add = parser.add_argument
-    add("--mode", choices=MODES, default="proxy", help="front door: proxy (OpenAI-compatible HTTP; default)")
+    add(
+        "--mode",
+        choices=MODES,
+        default="proxy",
+        help="front door: proxy (OpenAI-compatible HTTP; default), ext-proc (Envoy Endpoint Picker) or both",
+    )
     add(
         "--endpoints",
-        required=True,
         metavar="IP:PORT[;LABEL=V...],...",
         help="model-server endpoints (static discovery), e.g. 127.0.0.2:8000;role=decode,127.0.0.3:8000",
     )
+    # Kubernetes discovery; the operator's router Deployment passes exactly these flags.
+    add(
+        "--discovery",
+        choices=DISCOVERIES,
+        help="where endpoints come from (default: static with --endpoints, kubernetes with --pool-name)",
+    )
+    add("--pool-name", metavar="NAME", help="InferencePool whose Ready pods are the endpoints (kubernetes discovery)")
+    add("--pool-namespace", metavar="NS", help="namespace of the InferencePool (default: the router pod's namespace)")
+    add(
+        "--config-configmap",
+        metavar="NAME",
+        help="ConfigMap holding the configuration under key config.yaml, hot-reloaded (instead of --config)",
+    )
+    add("--kubeconfig", metavar="PATH", help="kubeconfig for the API server (default: the pod's service account)")
     add("--config", metavar="FILE", help="EndpointPickerConfig YAML, reloaded when it changes (default: built-in)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 in containers)")
-    add("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    add("--port", type=_port, default=8080, help="proxy: HTTP port (default 8080)")
+    add("--grpc-port", type=_port, default=9002, help="ext-proc: ext_proc gRPC port (default 9002)")
+    add("--grpc-health-port", type=_port, default=9003, help="ext-proc: gRPC health port (default 9003)")
+    add("--metrics-port", type=_port, default=9090, help="ext-proc: Prometheus /metrics port (default 9090)")
+    add(
+        "--secure-serving",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="ext-proc: serve TLS (default true; --secure-serving=false for plaintext)",
+    )
+    add("--cert-path", metavar="DIR", help="ext-proc: directory with tls.crt and tls.key (default: self-signed)")
+    add(
+        "--response-mode",
+        choices=RESPONSE_MODES,
+        default="full",
+        help="ext-proc: full (every response chunk: exact token counts; default) or light (response headers and "
+        "end of stream only: estimated counts, far less CPU); Envoy's processing_mode must match (docs/extproc.md)",
+    )
+    add(
+        "--max-destinations",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="ext-proc: endpoints named in x-gateway-destination-endpoint, primary then fallbacks (default 1, "
+        "what Envoy's ORIGINAL_DST cluster accepts)",
+    )
     add(
         "--max-body-bytes",
         type=_positive_int,
@@ -71,6 +159,15 @@ def register(sub: Any) -> None:
         help="metrics scrape interval, e.g. 50ms (default: the config's metrics.scrapeInterval)",
     )
     add(
+        "--upstream-idle-timeout",
+        type=_duration_or_zero,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="DURATION",
+        help="proxy: fail a request when its model server sends no byte for this long once the request is sent "
+        "(a non-streamed answer comes only after the whole generation); 0 disables "
+        f"(default {DEFAULT_IDLE_TIMEOUT:g}s)",
+    )
+    add(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -81,10 +178,8 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    if args.mode != "proxy":
-        parser.error(f"--mode {args.mode} is not available yet; use --mode proxy")
-    if not 0 <= args.port < 65536:
-        parser.error("--port must be between 0 and 65535")
+    if args.cert_path is not None and not args.secure_serving:
+        parser.error("--cert-path needs --secure-serving=true")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so that `kvroute router --help` stays fast.
     import prometheus_client
@@ -92,27 +187,27 @@ def _run(args: argparse.Namespace) -> int:
     from kvroute.router.config.errors import ConfigError
     from kvroute.router.datalayer.static_discovery import parse_endpoints
     from kvroute.router.plugins.registry import REGISTRY
-    from kvroute.router.proxy.server import ProxyServer, ProxySettings
+    from kvroute.router.runtime import CoreSettings, Router, RouterCore
 
-    try:
-        endpoints = parse_endpoints(args.endpoints)
-    except ValueError as exc:
-        parser.error(str(exc))
-    text = None
+    kubernetes = _kubernetes_source(args, parser)
+    endpoints = []
+    if kubernetes is None:
+        try:
+            endpoints = parse_endpoints(args.endpoints)
+        except ValueError as exc:
+            parser.error(str(exc))
+    text = kubernetes.config_text if kubernetes is not None else None
     if args.config is not None:
         try:
             text = Path(args.config).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
-    settings = ProxySettings(
-        host=args.host,
-        port=args.port,
-        max_body_bytes=args.max_body_bytes,
-        config_path=args.config,
-        scrape_interval=args.scrape_interval,
+    settings = CoreSettings(
+        max_body_bytes=args.max_body_bytes, config_path=args.config, scrape_interval=args.scrape_interval
     )
     try:
-        server = ProxyServer(endpoints, REGISTRY, settings, config_text=text)
+        core = RouterCore(endpoints, REGISTRY, settings, config_text=text)
+        server = Router(core, _front_doors(args, core))
     except ConfigError as exc:
         print(f"kvroute router: the configuration is invalid:\n{exc}", file=sys.stderr)
         return 2
@@ -120,23 +215,93 @@ def _run(args: argparse.Namespace) -> int:
         parser.error(str(exc))
     # No `_created` series: one per labelled child would double the size of /metrics for nothing.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    discovery = kubernetes.discovery(core.pool, core.holder, core.metrics) if kubernetes is not None else None
     try:
         import uvloop
     except ImportError:
-        asyncio.run(_serve(server))
+        asyncio.run(_serve(server, discovery))
     else:
-        uvloop.run(_serve(server))
+        uvloop.run(_serve(server, discovery))
     return 0
 
 
-async def _serve(server: Any) -> None:
-    """Runs until SIGINT or SIGTERM, then shuts down gracefully."""
+async def _serve(server: Any, discovery: Any = None) -> None:
+    """Runs until SIGINT or SIGTERM, then shuts down gracefully. Discovery starts first, so that the pool is filled
+    when serving begins, and stops last."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    if discovery is not None:
+        await discovery.start()
     try:
-        await stop.wait()
+        await server.start()
+        # Everything allocated so far lives as long as the process: keep the cyclic collector from scanning it
+        # again and again while requests allocate.
+        gc.freeze()
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
     finally:
-        await server.stop()
+        if discovery is not None:
+            await discovery.stop()
+
+
+def _front_doors(args: argparse.Namespace, core: RouterCore) -> list[FrontDoor]:
+    doors: list[FrontDoor] = []
+    if args.mode in ("proxy", "both"):
+        from kvroute.router.proxy.server import ProxyDoor
+
+        doors.append(ProxyDoor(core, args.host, args.port, upstream_idle_timeout=args.upstream_idle_timeout))
+    if args.mode in ("ext-proc", "both"):
+        from kvroute.router.extproc.processor import ResponseMode
+        from kvroute.router.extproc.server import ExtProcDoor, ExtProcSettings
+
+        settings = ExtProcSettings(
+            host=args.host,
+            port=args.grpc_port,
+            health_port=args.grpc_health_port,
+            metrics_port=args.metrics_port,
+            secure_serving=args.secure_serving,
+            cert_path=args.cert_path,
+            response_mode=ResponseMode(args.response_mode),
+            max_destinations=args.max_destinations,
+        )
+        doors.append(ExtProcDoor(core, settings))
+    return doors
+
+
+def _kubernetes_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> KubernetesSource | None:
+    """Checks the discovery flags; for Kubernetes discovery, resolves the API server and namespace and reads the
+    configuration ConfigMap (a `KubernetesSource`). None for static discovery."""
+    discovery = args.discovery or ("kubernetes" if args.pool_name and not args.endpoints else "static")
+    kubernetes_only = ("--pool-name", "--pool-namespace", "--config-configmap", "--kubeconfig")
+    if discovery == "static":
+        if not args.endpoints:
+            parser.error("give --endpoints (static discovery) or --pool-name (Kubernetes discovery)")
+        for flag in kubernetes_only:
+            if getattr(args, flag[2:].replace("-", "_")) is not None:
+                parser.error(f"{flag} needs --discovery kubernetes")
+        return None
+    if args.endpoints:
+        parser.error("--endpoints is for static discovery; --discovery kubernetes finds the endpoints itself")
+    if not args.pool_name:
+        parser.error("--discovery kubernetes needs --pool-name")
+    if args.config and args.config_configmap:
+        parser.error("give either --config or --config-configmap, not both")
+    from kvroute.router.datalayer.kubernetes import ConfigMapError, KubeConfigError
+    from kvroute.router.datalayer.kubernetes.startup import connect
+
+    try:
+        return connect(
+            pool_name=args.pool_name,
+            kubeconfig=args.kubeconfig,
+            namespace=args.pool_namespace,
+            config_map=args.config_configmap,
+        )
+    except KubeConfigError as exc:
+        parser.error(str(exc))
+    except ConfigMapError as exc:
+        print(f"kvroute router: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

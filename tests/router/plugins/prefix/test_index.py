@@ -121,18 +121,6 @@ def test_longest_runs_on_a_plain_owner_map() -> None:
     assert longest_runs([9, 1], owners, a | b, slots) == {}
 
 
-def test_sweep_forgets_endpoints_idle_for_a_whole_period() -> None:
-    index = PrefixIndex()
-    index.record("A", CHAIN, capacity=100)
-    index.record("B", CHAIN, capacity=100)
-    assert index.sweep() == []
-    index.match(CHAIN, ["A"])
-    assert index.sweep() == ["B"]
-    assert (index.hashes_of("A"), index.hashes_of("B")) == (5, 0)
-    assert index.sweep() == ["A"]
-    assert len(index) == 0
-
-
 def test_memory_is_bounded_by_the_capacities() -> None:
     rng = random.Random(7)
     index = PrefixIndex()

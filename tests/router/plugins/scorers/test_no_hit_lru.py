@@ -73,6 +73,16 @@ def test_the_prefill_pick_moves_too() -> None:
     assert ranks(s, [A, B, C]) == pytest.approx({C.id: 1.0, A.id: 0.5, B.id: 0.0})
 
 
+def test_endpoints_that_left_the_pool_count_as_never_used() -> None:
+    s = scorer()
+    serve(s, B)
+    serve(s, A)
+
+    s.on_endpoints_removed([B.id, D.id])  # D was never served
+
+    assert ranks(s, [A, B, C]) == pytest.approx({B.id: 1.0, C.id: 0.5, A.id: 0.0})
+
+
 def test_the_lru_is_bounded_and_forgotten_endpoints_count_as_never_used() -> None:
     s = scorer(lruSize=2)
     for target in (A, B, C):

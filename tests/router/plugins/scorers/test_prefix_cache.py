@@ -12,7 +12,7 @@ from kvroute.router.framework import (
 )
 from kvroute.router.plugins.prefix import hashing
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
-from kvroute.router.plugins.scorers.prefix_cache import SWEEP_INTERVAL_S, PrefixCacheScorer
+from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
 
 A, B, C = (Endpoint.create(f"10.0.0.{n}", 8000) for n in (1, 2, 3))
 PROMPT = "".join(chr(ord("a") + i % 26) for i in range(256))  # 4 blocks of 64 characters
@@ -124,15 +124,16 @@ def test_capacity_per_endpoint(
     assert s.score(CycleState(), request(PROMPT), [target]) == {A.id: expected}
 
 
-def test_endpoints_unseen_for_a_sweep_interval_are_forgotten() -> None:
-    now = [0.0]
-    s = PrefixCacheScorer("p", clock=lambda: now[0])
+def test_endpoints_that_left_the_pool_are_forgotten() -> None:
+    s = scorer()
     serve(s, PROMPT, A)
-    now[0] = SWEEP_INTERVAL_S + 1  # first sweep: A was recorded in the period, kept
-    assert s.score(CycleState(), request(PROMPT), [B]) == {B.id: 0.0}
-    now[0] = 2 * SWEEP_INTERVAL_S + 2  # second sweep: A not seen since the first, forgotten
-    assert s.score(CycleState(), request(PROMPT), [B]) == {B.id: 0.0}
-    assert s.score(CycleState(), request(PROMPT), [A]) == {A.id: 0.0}
+    serve(s, PROMPT[:128], B)
+
+    s.on_endpoints_removed([A.id, C.id])  # C was never recorded
+
+    assert s.score(CycleState(), request(PROMPT), [A, B]) == {A.id: 0.0, B.id: 0.5}
+    serve(s, PROMPT[:64], A)  # the id comes back: a new endpoint, starting from nothing
+    assert s.score(CycleState(), request(PROMPT), [A, B]) == {A.id: 0.25, B.id: 0.5}
 
 
 def test_params_use_the_config_names_and_defaults() -> None:

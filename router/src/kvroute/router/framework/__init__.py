@@ -6,6 +6,7 @@ Runners (`scheduling`, `requestcontrol`, `datalayer`) depend on these; plugins i
 from kvroute.router.framework.cycle_state import CycleState, StateKey
 from kvroute.router.framework.endpoint import Endpoint, EndpointMetrics, LoraInfo, Role
 from kvroute.router.framework.plugins import (
+    EndpointObserver,
     Filter,
     NoEndpointsError,
     Picker,
@@ -29,6 +30,7 @@ __all__ = [
     "CycleState",
     "Endpoint",
     "EndpointMetrics",
+    "EndpointObserver",
     "Filter",
     "LLMRequest",
     "LoraInfo",

@@ -125,5 +125,17 @@ class SaturationDetector(Plugin, ABC):
         requests (priority < 0) are rejected."""
 
 
+class EndpointObserver(Plugin, ABC):
+    @abstractmethod
+    def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
+        """Called by the router on the event loop after endpoints left the pool, outside any request (never during
+        a scheduling cycle or a request hook), with their ids (`ip:port`); drop whatever is kept per endpoint for
+        them, so memory does not grow with every pod that ever existed. Only plugins of the configuration in
+        force are called, once per change. An id may come back later as a new endpoint, which starts from
+        nothing. Must not block; an exception is logged and the other observers are still called. State that
+        belongs to requests still running on a removed endpoint is not for this call to drop: those requests
+        complete, exactly once, as always."""
+
+
 class NoEndpointsError(Exception):
     """No endpoint is eligible for the request."""

@@ -8,8 +8,9 @@ Routes:
   by chunk, each written to the client as soon as it arrives. Upstream headers pass through except hop-by-hop
   ones, plus the headers response hooks ask for (e.g. `x-session-token`) and `x-request-id`. An upstream that
   fails mid-stream ends the stream with an SSE error event (other bodies: the connection is closed, so the client
-  sees a truncated body, not a complete one). `handle.complete()` runs in a `finally`, so it also runs when the
-  client goes away and aiohttp cancels the handler.
+  sees a truncated body, not a complete one). A model server silent for the upstream idle timeout fails the
+  request the same way, or with 504 before the status line. `handle.complete()` runs in a `finally`, so it also
+  runs when the client goes away and aiohttp cancels the handler.
 - `GET /v1/models`: the union of every endpoint's `/v1/models` (`data` merged by `id`, first seen wins), asked
   concurrently with a short timeout; 503 when no endpoint answers.
 - `GET /healthz`: the process is alive. `GET /readyz`: a configuration is loaded and at least one endpoint has
@@ -41,8 +42,10 @@ from kvroute.router.proxy.disaggregation import Opened, open_upstream
 from kvroute.router.proxy.sse import error_event
 from kvroute.router.proxy.upstream import Unreachable, Upstream, response_headers
 from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError, too_large
-from kvroute.router.requestcontrol.director import CLIENT_CLOSED, Director, RequestHandle
+from kvroute.router.requestcontrol.director import CLIENT_CLOSED, Director
+from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.requestcontrol.response import EVENT_STREAM
+from kvroute.router.runtime import not_ready_reason
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,9 @@ class ProxyHandlers:
         except Unreachable as exc:
             outcome.fail(f"upstream unreachable: {exc.reason}", 502)
             return error_response(RequestError(502, "no endpoint could be reached", "upstream_unreachable"))
+        except aiohttp.SocketTimeoutError:
+            outcome.fail("upstream sent nothing within the idle timeout", 504)
+            return error_response(RequestError(504, "the model server did not answer in time", "upstream_timeout"))
         except aiohttp.ClientError as exc:
             outcome.fail(f"upstream failed: {exc}", 502)
             return error_response(RequestError(502, "the model server failed", "upstream_failed"))
@@ -222,12 +228,12 @@ class ProxyHandlers:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        endpoints = self.director.pool.snapshot()
-        fresh = [e.id for e in endpoints if not e.metrics.stale]
-        if not fresh:
-            reason = "no endpoints" if not endpoints else "no endpoint has fresh metrics"
+        reason = not_ready_reason(self.director.pool)
+        if reason is not None:
             return error_response(RequestError(503, f"not ready: {reason}", "not_ready"))
-        return _json({"status": "ready", "endpoints": len(endpoints), "fresh": len(fresh)})
+        endpoints = self.director.pool.snapshot()
+        fresh = sum(not e.metrics.stale for e in endpoints)
+        return _json({"status": "ready", "endpoints": len(endpoints), "fresh": fresh})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         if self.metrics is None:

@@ -30,7 +30,7 @@ from kvroute.router.framework import Endpoint
 from kvroute.router.plugins.handlers.pd import DISAGGREGATION, DisaggregationPlan
 from kvroute.router.proxy.sse import peek_finish_reason
 from kvroute.router.proxy.upstream import Upstream, request_headers
-from kvroute.router.requestcontrol.director import RequestHandle
+from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.requestcontrol.response import finish_reason_of, load_json
 
 log = logging.getLogger(__name__)

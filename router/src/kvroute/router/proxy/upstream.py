@@ -2,15 +2,19 @@
 
 The session keeps connections alive (`keepalive_timeout` below the 5 s idle timeout of uvicorn, which vLLM
 serves with, so the router closes an idle connection before the server does), has no connection cap (`limit=0`)
-and no total timeout (a generation may take minutes); only connecting is bounded. aiohttp sets TCP_NODELAY on every
-connection, so a small SSE chunk is never held back by Nagle's algorithm. Bodies pass through undecoded
-(`auto_decompress=False`), and the client's `Accept-Encoding` is not forwarded, so the usage the Director reads
-arrives uncompressed.
+and no total timeout (a generation may take minutes). Connecting is bounded, and so is silence: once the request
+is sent, an upstream that sends no byte for `idle_timeout` seconds (the status line, or the next body chunk) fails
+the request with `aiohttp.SocketTimeoutError`, so a hung model server cannot hold a request forever. A
+non-streamed answer only starts when the whole generation is done, so the bound must exceed the longest one.
+aiohttp sets TCP_NODELAY on every connection, so a small SSE chunk is never held back by Nagle's algorithm. Bodies
+pass through undecoded (`auto_decompress=False`), and the client's `Accept-Encoding` is not forwarded, so the
+usage the Director reads arrives uncompressed.
 
 Retry rule: only a failure before any response byte moves on to the next endpoint (connection refused, reset or
 closed before the status line, connect timeout). A connection closed before the status line is first retried once
 on the same endpoint: a pooled keep-alive connection the server had just closed looks exactly like that. Once the
-status line arrived the request is never sent again.
+status line arrived the request is never sent again, nor after the idle timeout: the endpoint has the request and
+may still be working on it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from kvroute.router.framework import Endpoint
-from kvroute.router.requestcontrol.director import RequestHandle
+from kvroute.router.requestcontrol.handle import RequestHandle
 
 # RFC 9110 §7.6.1 connection-specific fields, plus what the proxy sets itself.
 HOP_BY_HOP = frozenset(
@@ -47,12 +51,16 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 _NO_AUTO_HEADERS = ("Accept-Encoding",)
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_IDLE_TIMEOUT = 300.0
 KEEPALIVE_TIMEOUT = 4.0
 
 
-def create_session(connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> aiohttp.ClientSession:
+def create_session(
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+) -> aiohttp.ClientSession:
+    """`idle_timeout` 0 means no bound on the upstream's silence."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout or None)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
 
@@ -109,7 +117,8 @@ class Upstream:
         self, endpoint: Endpoint, path: str, body: bytes, headers: Mapping[str, str]
     ) -> aiohttp.ClientResponse:
         """One attempt; the status line and headers have arrived when it returns. Raises
-        `aiohttp.ClientConnectionError` (or `TimeoutError`) when nothing came back."""
+        `aiohttp.ClientConnectionError` (or `TimeoutError`) when nothing came back, `aiohttp.SocketTimeoutError`
+        when the endpoint took the request and then stayed silent for the idle timeout."""
         return await self.session.post(
             self.url(endpoint, path), data=body, headers=headers, skip_auto_headers=_NO_AUTO_HEADERS
         )
@@ -129,6 +138,8 @@ class Upstream:
             for attempt in range(2):
                 try:
                     return endpoint, await self.post(endpoint, path, body, headers)
+                except aiohttp.SocketTimeoutError:
+                    raise
                 except aiohttp.ServerDisconnectedError as exc:
                     reason = f"{endpoint.id}: {exc.message or 'server disconnected'}"
                     if attempt == 0:

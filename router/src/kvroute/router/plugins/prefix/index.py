@@ -16,16 +16,15 @@ An endpoint whose bit is in `mask_i` but not in `mask_{i+1}` matched exactly `i`
 the mask after the last hash matched all of them. The walk stops as soon as the mask is empty, so it costs
 O(blocks) big-integer ANDs plus one step per endpoint that leaves the mask, not O(blocks * endpoints).
 
-Slots of removed endpoints are reused, lowest first, to keep masks short. `sweep()` removes the endpoints that
-took part in no match and no record since the previous sweep: the index is never told that a pod went away, and
-a dead pod's hashes would otherwise stay forever.
+Slots of removed endpoints (`remove`, when an endpoint leaves the pool) are reused, lowest first, to keep masks
+short.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 # For each byte value, the positions of its set bits: masks are decoded a byte at a time.
 _BYTE_BITS = tuple(tuple(i for i in range(8) if value >> i & 1) for value in range(256))
@@ -42,9 +41,6 @@ class EndpointSlots:
         self._free: list[int] = []  # min-heap of released slots
         # The candidates rarely change between requests: remember the last list's mask (reset on any change).
         self._last_mask: tuple[tuple[str, ...], int] = ((), 0)
-
-    def items(self) -> Iterable[tuple[str, int]]:
-        return self._bit_of.items()
 
     def bit(self, endpoint_id: str) -> int:
         """The endpoint's bit, 0 if it has none."""
@@ -136,13 +132,12 @@ def clear_bit(owners: dict[int, int], h: int, bit: int) -> None:
 
 
 class PrefixIndex:
-    __slots__ = ("_lrus", "_owners", "_seen", "_slots")
+    __slots__ = ("_lrus", "_owners", "_slots")
 
     def __init__(self) -> None:
         self._owners: dict[int, int] = {}
         self._slots = EndpointSlots()
         self._lrus: dict[str, OrderedDict[int, None]] = {}
-        self._seen = 0  # bits of the endpoints matched or recorded since the last sweep
 
     def __len__(self) -> int:
         """Distinct hashes held for at least one endpoint."""
@@ -156,7 +151,6 @@ class PrefixIndex:
     def record(self, endpoint_id: str, hashes: Sequence[int], capacity: int) -> None:
         """Mark `hashes` as held by the endpoint and make them its most recent; evict beyond `capacity`."""
         bit = self._slots.acquire(endpoint_id)
-        self._seen |= bit
         lru = self._lrus.setdefault(endpoint_id, OrderedDict())
         owners = self._owners
         # Reversed, so a prompt's first block ends most recent and its tail is evicted first: a chain that
@@ -173,9 +167,7 @@ class PrefixIndex:
 
     def match(self, hashes: Sequence[int], endpoint_ids: Sequence[str]) -> dict[str, int]:
         """Consecutive blocks matched from the start, for each of `endpoint_ids` that matched at least one."""
-        candidates = self._slots.mask(endpoint_ids)
-        self._seen |= candidates
-        return longest_runs(hashes, self._owners, candidates, self._slots)
+        return longest_runs(hashes, self._owners, self._slots.mask(endpoint_ids), self._slots)
 
     def remove(self, endpoint_id: str) -> None:
         """Forget the endpoint: clear its bit from every hash it held and free its slot."""
@@ -184,12 +176,3 @@ class PrefixIndex:
             return
         for h in self._lrus.pop(endpoint_id):
             clear_bit(self._owners, h, bit)
-        self._seen &= ~bit
-
-    def sweep(self) -> list[str]:
-        """Remove the endpoints neither matched against nor recorded since the previous sweep; return their ids."""
-        idle = [endpoint_id for endpoint_id, bit in self._slots.items() if not self._seen & bit]
-        for endpoint_id in idle:
-            self.remove(endpoint_id)
-        self._seen = 0
-        return idle

@@ -5,7 +5,8 @@ prompt blocks are added to its target: the chained prefix hashes (shared with `p
 `blockSizeTokens * 4` characters), reference-counted per endpoint so a prefix shared by several requests counts
 once, plus one request-unique block per prompt block past the hashed prefix (`maxPrefixBlocksToMatch`, 256). Each
 `blockSizeTokens` output tokens (`response.output_tokens`) add one more request-unique block. At
-`on_response_complete` (any outcome) all of the request's blocks are released.
+`on_response_complete` (any outcome) all of the request's blocks are released. Nothing else is kept per endpoint,
+so an endpoint leaving the pool is not forgotten here: its blocks belong to requests still running on it.
 
 For a request of `n` blocks, the cost on endpoint e is Dynamo's:
 

@@ -3,6 +3,10 @@
 A request charges an amount (1 request, N prompt tokens) to one endpoint; the charge is remembered in the
 request's `CycleState`, so releasing it is idempotent: the first release subtracts it, later ones do nothing.
 That is what lets a hook release early (first output chunk) and again at completion without double counting.
+
+A ledger does not forget endpoints that leave the pool: every charge belongs to a request that is still running
+there and is released when it completes, and an endpoint that left only for a moment (a pod failing its readiness
+probe under load) comes back with those requests still on it.
 """
 
 from __future__ import annotations

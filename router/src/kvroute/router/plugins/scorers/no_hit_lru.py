@@ -14,6 +14,7 @@ The prefix plugin must therefore come before this scorer in the profile.
 
 Only cold requests update the order: at `pre_request` the targets (primary and, in P/D, prefill) move to most
 recent. At most `lruSize` (1024) endpoints are remembered; the least recent one forgotten counts as never served.
+An endpoint that leaves the pool is forgotten at once (`on_endpoints_removed`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kvroute.router.framework import CycleState, Endpoint, LLMRequest, PreRequest, SchedulingResult, Scorer
+from kvroute.router.framework import (
+    CycleState,
+    Endpoint,
+    EndpointObserver,
+    LLMRequest,
+    PreRequest,
+    SchedulingResult,
+    Scorer,
+)
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
 WARM_SCORE = 0.5
 
 
-class NoHitLRUScorer(Scorer, PreRequest):
+class NoHitLRUScorer(Scorer, PreRequest, EndpointObserver):
     type_name = "no-hit-lru-scorer"
 
     class Params(BaseModel):
@@ -69,6 +78,10 @@ class NoHitLRUScorer(Scorer, PreRequest):
             self._served[endpoint.id] = None
         while len(self._served) > self._lru_size:
             self._served.popitem(last=False)
+
+    def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
+        for endpoint_id in endpoint_ids:
+            self._served.pop(endpoint_id, None)
 
     @staticmethod
     def _is_cold(info: PrefixMatchInfo | None) -> bool:

@@ -16,19 +16,26 @@ engine), for the target of every profile that picked one: the primary target, an
 Each endpoint keeps its `lruCapacityPerServer` (31,250) most recent blocks; with `autoTune` (default) an endpoint
 reporting `num_gpu_blocks` keeps that many engine blocks' worth instead,
 `num_gpu_blocks * block_size / blockSizeTokens` (just `num_gpu_blocks` when block sizes agree or the engine's is
-unknown). Endpoints absent from every match and record for `SWEEP_INTERVAL_S` are forgotten, so pods that went
-away do not hold memory. GIE's older `hashBlockSize` (characters) is accepted in place of `blockSizeTokens`.
+unknown). An endpoint that leaves the pool is forgotten at once (`on_endpoints_removed`), so pods that went away
+hold no memory. GIE's older `hashBlockSize` (characters) is accepted in place of `blockSizeTokens`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kvroute.router.framework import CycleState, Endpoint, LLMRequest, PreRequest, SchedulingResult, Scorer
+from kvroute.router.framework import (
+    CycleState,
+    Endpoint,
+    EndpointObserver,
+    LLMRequest,
+    PreRequest,
+    SchedulingResult,
+    Scorer,
+)
 from kvroute.router.plugins.prefix.hashing import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -39,10 +46,8 @@ from kvroute.router.plugins.prefix.hashing import (
 from kvroute.router.plugins.prefix.index import PrefixIndex
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
-SWEEP_INTERVAL_S = 120.0
 
-
-class PrefixCacheScorer(Scorer, PreRequest):
+class PrefixCacheScorer(Scorer, PreRequest, EndpointObserver):
     type_name = "prefix-cache-scorer"
     publishes_state = True  # no-hit-lru, active-blocks and the P/D handler read its match info
 
@@ -80,7 +85,7 @@ class PrefixCacheScorer(Scorer, PreRequest):
                 return self.hash_block_size
             return self.block_size_tokens * CHARS_PER_TOKEN
 
-    def __init__(self, name: str, params: Params | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, params: Params | None = None) -> None:
         params = params or self.Params()
         super().__init__(name, params)
         self._block_chars = params.block_chars
@@ -89,15 +94,9 @@ class PrefixCacheScorer(Scorer, PreRequest):
         self._auto_tune = params.auto_tune
         self._match_key = prefix_match_key(name)
         self._index = PrefixIndex()
-        self._clock = clock
-        self._next_sweep = clock() + SWEEP_INTERVAL_S
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         hashes = self._hashes(state, request)
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._index.sweep()
-            self._next_sweep = now + SWEEP_INTERVAL_S
         ids = [e.id for e in endpoints]
         matched = self._index.match(hashes.hashes, ids)
         total = len(hashes.hashes)
@@ -115,6 +114,10 @@ class PrefixCacheScorer(Scorer, PreRequest):
             return
         for endpoint in prefix_holders(result):
             self._index.record(endpoint.id, hashes, self._capacity_of(endpoint))
+
+    def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
+        for endpoint_id in endpoint_ids:
+            self._index.remove(endpoint_id)
 
     def _hashes(self, state: CycleState, request: LLMRequest) -> PromptHashes:
         return prompt_hashes(state, request, block_chars=self._block_chars, max_blocks=self._max_blocks)

@@ -1,0 +1,334 @@
+"""The router in Kubernetes mode against the real API server: endpoints from an InferencePool's Ready pods, a
+deleted pod out of the candidate set within a second, ConfigMap edits hot-reloaded.
+
+The router runs as `kvroute router --discovery kubernetes` (the flags the operator's Deployment passes), as a
+ServiceAccount whose Role grants only what the router needs, the pool and the ConfigMap by `resourceNames`.
+The model servers are `kvroute sim serve` processes on 127.0.0.x; their pods are never scheduled (an unknown
+`schedulerName` keeps kwok away from them) and the test writes their status: Ready, with `podIP` set to the
+simulator's address. Every address the router is given is in 127.0.0.0/8, and the test checks that every
+endpoint it routed to is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
+
+from .controlplane.cluster import ControlPlane
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "inferencepool.yaml"
+CRD_NAME = "inferencepools.inference.networking.k8s.io"
+POOL, CONFIG_MAP, MODEL = "llm", "llm-router", "fake-model"
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+_namespaces = (f"router-e2e-{i}" for i in itertools.count())
+# Used only if crds/inferencepool.yaml is missing: the fields the router reads.
+MINIMAL_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {
+        "name": CRD_NAME,
+        "annotations": {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api-inference-extension/pull/1173"
+        },
+    },
+    "spec": {
+        "group": "inference.networking.k8s.io",
+        "names": {"kind": "InferencePool", "plural": "inferencepools", "singular": "inferencepool"},
+        "scope": "Namespaced",
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def ok(result: tuple[int, Any], *expected: int) -> Any:
+    status, body = result
+    assert status in (expected or (200, 201)), f"HTTP {status}: {body}"
+    return body
+
+
+@pytest.fixture(scope="module")
+def inferencepool_crd(control_plane: ControlPlane) -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text()) if CRD_FILE.is_file() else MINIMAL_CRD
+    ok(control_plane.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd), 201, 409)
+
+    def established() -> bool:
+        body = ok(control_plane.api("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"))
+        conditions = (body.get("status") or {}).get("conditions") or []  # null until the API server fills it in
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_for("the InferencePool CRD to be established", established)
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, inferencepool_crd: None) -> Iterator[str]:
+    name = next(_namespaces)
+    ok(
+        control_plane.api(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
+    )
+    yield name
+    control_plane.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+class Processes:
+    """Child processes of one test, each logging to a file, stopped by PID at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = self.directory / f"{name}.log"
+        with log.open("wb") as out:
+            command = [sys.executable, "-m", "kvroute.cli", *args]
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.running.append((process, log))
+        return process
+
+    def stop_all(self) -> None:
+        for process, log in reversed(self.running):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            print(f"----- {log.name}\n{log.read_text(errors='replace')[-6000:]}")  # shown when the test failed
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+def loopback_hosts_sharing_a_free_port(count: int) -> tuple[list[str], int]:
+    """`count` distinct 127.0.0.x addresses and one port free on all of them (a pool has one set of ports)."""
+    hosts = [f"127.0.0.{x}" for x in random.sample(range(100, 250), count)]
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port: int = probe.getsockname()[1]
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+        except OSError:
+            continue
+        return hosts, port
+    raise RuntimeError("no port free on every host")
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, dict[str, str], str]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}, ""
+
+
+def create_pod_serving_at(control_plane: ControlPlane, namespace: str, name: str, host: str) -> None:
+    """A pod that no scheduler touches, then its status as a kubelet would write it: Running, Ready, `host`."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": POOL}},
+        "spec": {"schedulerName": "kvroute-e2e-unscheduled", "containers": [{"name": "vllm", "image": "kvroute/sim"}]},
+    }
+    created = ok(control_plane.api("POST", f"/api/v1/namespaces/{namespace}/pods", pod))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    created["status"] = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        "podIP": host,
+        "podIPs": [{"ip": host}],
+    }
+    ok(control_plane.api("PUT", f"/api/v1/namespaces/{namespace}/pods/{name}/status", created))
+
+
+def grant_router_access(control_plane: ControlPlane, namespace: str) -> str:
+    """ServiceAccount `router` with the least privilege the router needs; returns a kubeconfig for it."""
+    token = control_plane.create_service_account_token(namespace, "router")
+    read = ["get", "list", "watch"]
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "router"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+            {
+                "apiGroups": ["inference.networking.k8s.io"],
+                "resources": ["inferencepools"],
+                "resourceNames": [POOL],
+                "verbs": read,
+            },
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONFIG_MAP], "verbs": read},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "router"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "router"},
+        "subjects": [{"kind": "ServiceAccount", "name": "router", "namespace": namespace}],
+    }
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    ok(control_plane.api("POST", f"{rbac}/roles", role))
+    ok(control_plane.api("POST", f"{rbac}/rolebindings", binding))
+    kubeconfig = control_plane.workdir / f"router-{namespace}.kubeconfig"
+    cluster = {"server": control_plane.api_url, "certificate-authority": str(control_plane.ca_file)}
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "router",
+        "contexts": [{"name": "router", "context": {"cluster": "e2e", "user": "router", "namespace": namespace}}],
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": "router", "user": {"token": token}}],
+    }
+    kubeconfig.write_text(yaml.safe_dump(document))
+    kubeconfig.chmod(0o600)
+    return str(kubeconfig)
+
+
+def put_config_map(control_plane: ControlPlane, namespace: str, text: str) -> None:
+    path = f"/api/v1/namespaces/{namespace}/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP}, "data": {"config.yaml": text}}
+    status, _ = control_plane.api("PUT", f"{path}/{CONFIG_MAP}", body)
+    if status == 404:
+        ok(control_plane.api("POST", path, body))
+
+
+def test_router_follows_the_inferencepool_and_its_config_map(
+    control_plane: ControlPlane, namespace: str, processes: Processes
+) -> None:
+    (host_a, host_b), port = loopback_hosts_sharing_a_free_port(2)
+    for pod, host in (("llm-a", host_a), ("llm-b", host_b)):
+        sim = ("sim", "serve", "--host", host, "--port", str(port), "--model", MODEL, "--pod-name", pod)
+        processes.start(f"sim-{pod}", *sim)
+    for host in (host_a, host_b):
+        wait_for(f"the simulator on {host}:{port}", lambda h=host: http("GET", f"http://{h}:{port}/health")[0] == 200)
+
+    pool = {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": {"name": POOL},
+        "spec": {
+            "selector": {"matchLabels": {"app": POOL}},
+            "targetPorts": [{"number": port}],
+            "endpointPickerRef": {"name": f"{POOL}-epp", "port": {"number": 9002}},
+        },
+    }
+    ok(control_plane.api("POST", f"/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools", pool))
+    create_pod_serving_at(control_plane, namespace, "llm-a", host_a)
+    create_pod_serving_at(control_plane, namespace, "llm-b", host_b)
+    put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT)
+    kubeconfig = grant_router_access(control_plane, namespace)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        router_port = probe.getsockname()[1]
+    router = f"http://127.0.0.1:{router_port}"
+    # The flags of the operator's router Deployment, with a kubeconfig instead of the in-cluster account.
+    processes.start(
+        "router",
+        *("router", "--discovery", "kubernetes", "--pool-name", POOL, "--pool-namespace", namespace),
+        *("--config-configmap", CONFIG_MAP, "--kubeconfig", kubeconfig, "--port", str(router_port)),
+        *("--scrape-interval", "20ms"),
+    )
+
+    def readiness() -> dict[str, Any] | None:
+        status, _, body = http("GET", f"{router}/readyz")
+        return json.loads(body) if status in (200, 503) and body else None
+
+    wait_for("both endpoints with fresh metrics", lambda: (r := readiness()) and r.get("fresh") == 2)
+
+    served = set()
+    for i in range(20):
+        body = {"model": MODEL, "prompt": f"request {i} " + "x" * 64, "max_tokens": 2}
+        status, headers, text = http("POST", f"{router}/v1/completions", body)
+        assert status == 200, text
+        served.add(headers.get("x-inference-pod"))
+    assert served <= {"llm-a", "llm-b"}
+
+    # A deleted pod leaves the candidate set within a second.
+    ok(control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/llm-a", {"gracePeriodSeconds": 0}))
+    deleted_at = time.monotonic()
+    wait_for(
+        "llm-a to leave the pool", lambda: (r := readiness()) and r.get("endpoints") == 1, timeout=5, interval=0.01
+    )
+    assert time.monotonic() - deleted_at < 1.0
+    for _ in range(5):
+        status, headers, _ = http(
+            "POST", f"{router}/v1/completions", {"model": MODEL, "prompt": "after", "max_tokens": 1}
+        )
+        assert (status, headers.get("x-inference-pod")) == (200, "llm-b")
+
+    # A ConfigMap edit is hot-reloaded; a rejected one is counted and the router keeps serving.
+    def reloads(result: str) -> float:
+        metrics = http("GET", f"{router}/metrics")[2]
+        match = re.search(rf'kvroute_config_reloads_total{{result="{result}"}} (\S+)', metrics)
+        return float(match.group(1)) if match else 0.0
+
+    put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT.replace("weight: 2\n", "weight: 5\n", 1))
+    wait_for("the edited configuration to be reloaded", lambda: reloads("success") == 1, timeout=5)
+    put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT.replace("queue-scorer", "no-such-scorer"))
+    wait_for("the rejected configuration to be counted", lambda: reloads("failure") == 1, timeout=5)
+    status, _, _ = http("POST", f"{router}/v1/completions", {"model": MODEL, "prompt": "still", "max_tokens": 1})
+    assert status == 200
+
+    # Only loopback addresses were ever endpoints.
+    metrics = http("GET", f"{router}/metrics")[2]
+    routed = set(re.findall(r'kvroute_scheduler_decisions_total{endpoint="([^"]+)"', metrics))
+    assert routed and all(ipaddress.IPv4Address(e.rsplit(":", 1)[0]) in LOOPBACK for e in routed)

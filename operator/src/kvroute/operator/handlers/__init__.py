@@ -1,0 +1,1 @@
+"""kopf handlers, one module per kind: each finds the pools an event concerns and reconciles them."""

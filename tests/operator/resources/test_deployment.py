@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+from kvroute.operator.models import RouterSpec
+from kvroute.operator.resources.deployment import deployment
+from kvroute.operator.resources.meta import Pool
+
+from ..conftest import NAMESPACE, pool_object
+
+IMAGE = "registry.example/kvroute-router:1.2.3"
+
+
+def _deployment(**router: Any) -> dict[str, Any]:
+    pool = Pool.from_object(pool_object("llama"))
+    return deployment(pool, RouterSpec.model_validate(router), "abc123", image=IMAGE)
+
+
+def _container(dep: dict[str, Any]) -> dict[str, Any]:
+    [container] = dep["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_router_runs_kubernetes_discovery_of_the_pool_with_its_config_map() -> None:
+    container = _container(_deployment())
+    assert container["image"] == IMAGE
+    assert container["command"] == ["kvroute"]
+    assert container["args"] == [
+        "router",
+        "--mode",
+        "ext-proc",
+        "--discovery",
+        "kubernetes",
+        "--pool-name",
+        "llama",
+        "--pool-namespace",
+        NAMESPACE,
+        "--config-configmap",
+        "llama-kvroute-config",
+        "--host",
+        "0.0.0.0",
+        "--log-level",
+        "info",
+    ]
+
+
+def test_ext_proc_ports_and_grpc_health_probes() -> None:
+    container = _container(_deployment())
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("grpc-ext-proc", 9002),
+        ("grpc-health", 9003),
+        ("http-metrics", 9090),
+    ]
+    assert container["livenessProbe"]["grpc"] == {"port": 9003, "service": "liveness"}
+    assert container["readinessProbe"]["grpc"] == {"port": 9003, "service": "readiness"}
+    assert container["startupProbe"]["grpc"] == {"port": 9003, "service": "liveness"}
+
+
+def test_proxy_mode_serves_http_on_8080() -> None:
+    container = _container(_deployment(mode="proxy", logLevel="debug"))
+    assert container["args"][1:3] == ["--mode", "proxy"]
+    assert container["args"][-2:] == ["--log-level", "debug"]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 8080)]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_containers_are_locked_down() -> None:
+    dep = _deployment()
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert _container(dep)["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["serviceAccountName"] == "llama-kvroute"
+    assert {"name": "tmp", "mountPath": "/tmp"} in _container(dep)["volumeMounts"]
+
+
+def test_config_hash_is_on_the_deployment_not_the_pod_template() -> None:
+    dep = _deployment()
+    assert dep["metadata"]["annotations"] == {"kvroute.io/config-hash": "abc123"}
+    assert "annotations" not in dep["spec"]["template"]["metadata"]  # a new config is a reload, not a rollout
+
+
+def test_replicas_are_set_only_when_the_profile_sets_them() -> None:
+    assert "replicas" not in _deployment()["spec"]
+    assert _deployment(replicas=3)["spec"]["replicas"] == 3
+
+
+def test_resources_default_and_override() -> None:
+    assert _container(_deployment())["resources"] == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    custom = _container(_deployment(resources={"requests": {"cpu": "2"}}))["resources"]
+    assert custom == {"requests": {"cpu": "2"}}
+
+
+def test_rollout_surges_before_removing_a_router() -> None:
+    dep = _deployment()
+    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "kvroute-router", "app.kubernetes.io/instance": "llama"}
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferencePool"
