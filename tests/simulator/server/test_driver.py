@@ -44,7 +44,8 @@ async def test_steps_follow_the_profile_without_drift() -> None:
     wall = time.monotonic() - started
 
     # Prefill of 3000 tokens, then one decode step per token over a context growing by one token each time.
-    assert PREFILL_3000 <= times[0] <= PREFILL_3000 + 0.01
+    # Upper margins absorb the event loop waking late on a busy machine (x10 at --time-scale 0.1).
+    assert PREFILL_3000 <= times[0] <= PREFILL_3000 + 0.05
     decode_steps = [H100.step_time(0, 1, 3000 + i) for i in range(4)]
     assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(decode_steps, abs=1e-9)
     assert wall >= times[-1] * 0.1 - 0.002  # the modelled time really passed, scaled
@@ -61,7 +62,7 @@ async def test_an_idle_decode_engine_wakes_when_its_kv_transfer_lands() -> None:
         await driver.stop()
     transfer = H100.kv_transfer_setup_s + 3000 * H100.kv_transfer_per_token_s  # 8.8 ms
     expected = transfer + H100.step_time(0, 1, 2999)
-    assert expected <= times[0] <= expected + 0.01
+    assert expected <= times[0] <= expected + 0.05  # far below the 114 ms a prefill would take
 
 
 async def test_release_before_the_end_aborts_in_the_engine() -> None:

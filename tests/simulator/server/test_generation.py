@@ -121,7 +121,7 @@ async def test_prefill_server_hands_off_and_decode_server_pulls_the_kv(sim_fleet
     # The decode server's TTFT is the KV transfer and one decode step, not a 114 ms prefill.
     transfer = H100.kv_transfer_setup_s + 3000 * H100.kv_transfer_per_token_s
     expected = transfer + H100.step_time(0, 1, 2999)
-    assert expected <= decode_ttft <= expected + 0.003
+    assert expected <= decode_ttft <= expected + 0.03  # margin for a busy machine; a prefill would add 114 ms
 
 
 async def test_roles_ignore_the_other_side_of_the_handoff(sim_fleet: Any) -> None:

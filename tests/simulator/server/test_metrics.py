@@ -104,7 +104,7 @@ async def test_counters_move_by_the_tokens_of_each_request(sim: Any) -> None:
     assert delta(before, after, "vllm:e2e_request_latency_seconds_count") == 2
     # Modelled TTFT: a 102-token prefill is 6 ms + 102 x 36 us = 9.7 ms, the cached one 6 ms + 6 x 36 us = 6.2 ms.
     ttft_sum = delta(before, after, "vllm:time_to_first_token_seconds_sum")
-    assert 0.0158 <= ttft_sum <= 0.0158 + 0.004
+    assert 0.0158 <= ttft_sum <= 0.0158 + 0.02  # margin: the idle driver may wake late on a busy machine
 
 
 async def test_gauges_show_a_request_while_it_runs(sim: Any) -> None:
