@@ -7,8 +7,19 @@ for an engine index, given read-only views of every engine's true state; the req
 queue and an idle engine starts a step at once. When a step ends its outputs are delivered (first token, tokens,
 finish) to the records and to an optional listener, and the engine steps again while it has work.
 
+Prefill/decode disaggregation: a policy may answer a `Route` naming a prefill engine as well as the decode
+engine. The request then runs in two stages, as behind vLLM's P/D connector: on the prefill engine with
+`kv_transfer_params.do_remote_decode` (it stops after one token, which the client never sees), then, the moment
+that stage finishes, on the decode engine with the `kv_transfer_params` it returned (`do_remote_prefill`: the
+decode engine receives the KV of the prompt tokens it lacks over the network instead of computing them). TTFT and
+the listener's token callbacks belong to the decode stage only.
+
+With `tick_interval`, the listener's `on_tick` runs at time 0 and every `tick_interval` seconds while anything
+else is scheduled, before any other event of the same instant: a router's periodic metrics scrape.
+
 Per request the result holds TTFT (arrival to first token), TPOT (mean time between later tokens), end-to-end
-latency, prompt / cached / output token counts, finish reason and the engine chosen.
+latency, prompt / cached / output token counts, finish reason, the engine chosen and, for a disaggregated
+request, the prefill engine and its cached tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvroute.simulator.engine.engine import Engine
 from kvroute.simulator.engine.profiles import Profile
@@ -33,10 +45,19 @@ class WorkloadRequest:
     cache_hit_threshold: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request runs: `decode` alone, or `prefill` first and then `decode` (P/D disaggregation).
+    A `prefill` equal to `decode` (or None) means no disaggregation."""
+
+    decode: int
+    prefill: int | None = None
+
+
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
-    engine: int
+    engine: int  # the engine that produced the tokens (the decode engine of a disaggregated request)
     arrival_time: float
     prompt_tokens: int
     first_token_time: float | None = None
@@ -44,6 +65,9 @@ class RequestRecord:
     cached_tokens: int = 0
     output_tokens: int = 0
     finish_reason: str | None = None
+    prefill_engine: int | None = None
+    prefill_cached_tokens: int = 0  # prompt tokens the prefill engine found in its cache
+    prefill_finish_time: float | None = None
 
     @property
     def ttft(self) -> float | None:
@@ -80,17 +104,23 @@ class EngineView:
         return self.engine.kv_usage
 
 
-RoutingPolicy = Callable[[WorkloadRequest, Sequence[EngineView], float], int]
+RoutingPolicy = Callable[[WorkloadRequest, Sequence[EngineView], float], int | Route]
 
 
 class HarnessListener:
-    """Optional callbacks for policies that track requests (in-flight counts, active blocks)."""
+    """Optional callbacks for policies that track requests (in-flight counts, active blocks) or engine state."""
 
     def on_tokens(self, record: RequestRecord, new_tokens: int, now: float) -> None:
         """A step produced `new_tokens` tokens for the request (the first one is its first token)."""
 
     def on_finish(self, record: RequestRecord, now: float) -> None:
         """The request finished (any reason); called exactly once per request."""
+
+    def on_prefill_done(self, record: RequestRecord, now: float) -> None:
+        """The prefill stage of a disaggregated request finished; its decode stage starts now."""
+
+    def on_tick(self, engines: Sequence[EngineView], now: float) -> None:
+        """Periodic, with `simulate(..., tick_interval=...)`: e.g. a metrics scrape of every engine."""
 
 
 @dataclass
@@ -105,7 +135,7 @@ class SimulationResult:
         return sum(1 for r in self.records if r.finish_time is None)
 
 
-_ARRIVAL, _STEP_END = 0, 1
+_ARRIVAL, _STEP_END, _TICK = 0, 1, 2
 
 
 def simulate(
@@ -115,8 +145,11 @@ def simulate(
     *,
     listener: HarnessListener | None = None,
     global_cache_hit_threshold: float | None = None,
+    tick_interval: float | None = None,
 ) -> SimulationResult:
     """Run `workload` through one engine per profile, routed by `policy`; returns one record per request."""
+    if tick_interval is not None and tick_interval <= 0:
+        raise ValueError("tick_interval must be positive")
     engines = [
         Engine(p, engine_id=f"engine-{i}", global_cache_hit_threshold=global_cache_hit_threshold)
         for i, p in enumerate(profiles)
@@ -125,6 +158,7 @@ def simulate(
     listener = listener or HarnessListener()
     records: dict[str, RequestRecord] = {}
     ordered: list[RequestRecord] = []
+    prefilling: dict[str, WorkloadRequest] = {}  # disaggregated requests in their prefill stage
     pending_outputs: list[list[RequestOutput]] = [[] for _ in engines]
     busy = [False] * len(engines)
     steps = [0] * len(engines)
@@ -133,12 +167,31 @@ def simulate(
     for request in workload:
         heap.append((request.arrival_time, counter, _ARRIVAL, request))
         counter += 1
+    if tick_interval is not None and heap:
+        heap.append((0.0, -1, _TICK, None))  # the first scrape precedes everything
     heapq.heapify(heap)
-    now = 0.0
+    now = last_event = 0.0
+
+    def submit(index: int, request: EngineRequest, at: float) -> None:
+        engines[index].add_request(request)
+        if not busy[index]:
+            start_step(index, at)
+
+    def end_prefill(record: RequestRecord, out: RequestOutput, at: float) -> None:
+        payload = prefilling.pop(record.request_id)
+        record.prefill_cached_tokens = out.num_cached_tokens
+        record.prefill_finish_time = at
+        listener.on_prefill_done(record, at)
+        params = dict(out.kv_transfer_params or {"do_remote_prefill": True})
+        submit(record.engine, _engine_request(payload, record.arrival_time, params), at)
 
     def deliver(outputs: list[RequestOutput], at: float) -> None:
         for out in outputs:
             record = records[out.request_id]
+            if out.request_id in prefilling:
+                if out.finish_reason is not None:
+                    end_prefill(record, out, at)
+                continue
             if out.new_tokens:
                 if record.first_token_time is None:
                     record.first_token_time = at
@@ -163,10 +216,10 @@ def simulate(
                 heapq.heappush(heap, (at + result.duration, counter, _STEP_END, index))
                 counter += 1
                 return
+            busy[index] = True  # outputs delivered below may submit to this engine: it is stepping now
             deliver(result.outputs, at)
             wake = engine.next_wakeup()
             if wake is not None and engine.has_work():
-                busy[index] = True
                 heapq.heappush(heap, (max(wake, at), counter, _STEP_END, index))
                 counter += 1
                 return
@@ -176,24 +229,28 @@ def simulate(
 
     while heap:
         now, _, kind, payload = heapq.heappop(heap)
+        if kind == _TICK:
+            listener.on_tick(views, now)
+            if heap:
+                assert tick_interval is not None
+                heapq.heappush(heap, (now + tick_interval, counter, _TICK, None))
+                counter += 1
+            continue
+        last_event = now
         if kind == _ARRIVAL:
             assert isinstance(payload, WorkloadRequest)
-            index = policy(payload, views, now)
-            record = RequestRecord(payload.request_id, index, now, len(payload.prompt_token_ids))
+            route = policy(payload, views, now)
+            if not isinstance(route, Route):
+                route = Route(route)
+            record = RequestRecord(payload.request_id, route.decode, now, len(payload.prompt_token_ids))
             records[payload.request_id] = record
             ordered.append(record)
-            engines[index].add_request(
-                EngineRequest(
-                    request_id=payload.request_id,
-                    prompt_token_ids=payload.prompt_token_ids,
-                    max_tokens=payload.max_tokens,
-                    arrival_time=now,
-                    lora_name=payload.lora_name,
-                    cache_hit_threshold=payload.cache_hit_threshold,
-                )
-            )
-            if not busy[index]:
-                start_step(index, now)
+            if route.prefill is not None and route.prefill != route.decode:
+                record.prefill_engine = route.prefill
+                prefilling[payload.request_id] = payload
+                submit(route.prefill, _engine_request(payload, now, {"do_remote_decode": True}, max_tokens=1), now)
+            else:
+                submit(route.decode, _engine_request(payload, now), now)
         else:
             assert isinstance(payload, int)
             outputs, pending_outputs[payload] = pending_outputs[payload], []
@@ -201,7 +258,26 @@ def simulate(
             start_step(payload, now)
     return SimulationResult(
         records=ordered,
-        duration=now,
+        duration=last_event,
         engine_steps=steps,
         engine_preemptions=[e.num_preemptions for e in engines],
+    )
+
+
+def _engine_request(
+    payload: WorkloadRequest,
+    arrival: float,
+    kv_transfer_params: dict[str, Any] | None = None,
+    *,
+    max_tokens: int | None = None,
+) -> EngineRequest:
+    return EngineRequest(
+        request_id=payload.request_id,
+        prompt_token_ids=payload.prompt_token_ids,
+        max_tokens=payload.max_tokens if max_tokens is None else max_tokens,
+        arrival_time=arrival,
+        lora_name=payload.lora_name,
+        # Both stages of a disaggregated request always run; a threshold applies only to a request served whole.
+        cache_hit_threshold=payload.cache_hit_threshold if kv_transfer_params is None else None,
+        kv_transfer_params=kv_transfer_params,
     )

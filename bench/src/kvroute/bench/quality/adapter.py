@@ -1,0 +1,147 @@
+"""kvroute's real scheduler inside the discrete-event harness.
+
+A configuration document is loaded with the router's own loader and plugin registry (`load_config(..., rng=
+random.Random(seed))`, so every picker draws from a seeded generator). Each simulated engine is an `Endpoint`
+(`10.0.0.<i+1>:8000`, labelled `llm-d.ai/role: prefill|decode` on a P/D fleet); nothing is ever dialled. The
+request's lifecycle is the Director's, minus HTTP:
+
+- every `SCRAPE_INTERVAL_S` (50 ms, the router's default) of simulated time each endpoint's `EndpointMetrics` are
+  replaced by a scrape of its engine (waiting, running, KV usage, LoRA adapters, block size and count), so
+  scorers that read metrics see them up to 50 ms late, as in production;
+- at arrival: `Scheduler.schedule()` over all endpoints with a fresh `CycleState`, then every `PreRequest` hook,
+  then `on_response_headers` (a streamed response starts at once);
+- each step's new tokens: `on_response_chunk` with `ResponseInfo.output_tokens` updated;
+- completion: `on_response_complete` exactly once, with the usage (prompt and cached tokens) filled in.
+
+The request is a streamed completion of `MODEL` (or of its LoRA adapter, which the request names as its model)
+whose prompt is the workload's text. When the P/D handler wrote a `DisaggregationPlan`, the harness runs the
+request on the plan's prefill endpoint first.
+
+The prefix scorer's index sweep runs on the wall clock; it drops only endpoints that no request was matched
+against since the previous sweep, which never happens here because every request is matched against every
+candidate, so results do not depend on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kvroute.bench.quality.policies.base import Policy
+from kvroute.bench.quality.workloads import Fleet
+from kvroute.router.config.builder import Registry
+from kvroute.router.config.loader import load_config
+from kvroute.router.framework import (
+    ApiKind,
+    CycleState,
+    Endpoint,
+    EndpointMetrics,
+    LLMRequest,
+    LoraInfo,
+    ResponseInfo,
+)
+from kvroute.router.framework.endpoint import ROLE_LABEL
+from kvroute.router.plugins.handlers.pd import DISAGGREGATION
+from kvroute.router.plugins.registry import REGISTRY
+from kvroute.simulator.des.harness import EngineView, RequestRecord, Route, WorkloadRequest
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+SCRAPE_INTERVAL_S = 0.05
+_STREAM_HEADERS: Mapping[str, str] = {"content-type": "text/event-stream"}
+
+
+def endpoints_for(fleet: Fleet) -> list[Endpoint]:
+    return [
+        Endpoint.create(
+            f"10.0.{i // 250}.{i % 250 + 1}",
+            8000,
+            pod_name=f"engine-{i}",
+            labels={ROLE_LABEL: role} if role != "both" else None,
+        )
+        for i, role in enumerate(fleet.roles)
+    ]
+
+
+def scrape(view: EngineView, now: float) -> EndpointMetrics:
+    engine = view.engine
+    running, waiting = engine.lora_adapters()
+    return EndpointMetrics(
+        waiting=view.num_waiting,
+        running=view.num_running,
+        kv_usage=view.kv_usage,
+        lora=LoraInfo(engine.profile.max_loras, tuple(running), tuple(waiting)),
+        block_size=engine.profile.block_size,
+        num_gpu_blocks=engine.profile.num_gpu_blocks,
+        scraped_at=now,
+        stale=False,
+    )
+
+
+@dataclass(slots=True)
+class _InFlight:
+    state: CycleState
+    request: LLMRequest
+    endpoint: Endpoint
+    response: ResponseInfo
+
+
+class SchedulerPolicy(Policy):
+    tick_interval = SCRAPE_INTERVAL_S
+
+    def __init__(self, config_text: str, fleet: Fleet, seed: int, registry: Registry = REGISTRY) -> None:
+        self.config = load_config(config_text, registry, rng=random.Random(seed))
+        self.endpoints = endpoints_for(fleet)
+        self._index = {e.id: i for i, e in enumerate(self.endpoints)}
+        self._in_flight: dict[str, _InFlight] = {}
+
+    def on_tick(self, engines: Sequence[EngineView], now: float) -> None:
+        for endpoint, view in zip(self.endpoints, engines, strict=True):
+            endpoint.metrics = scrape(view, now)
+
+    def route(self, request: WorkloadRequest, engines: Sequence[EngineView], now: float) -> int | Route:
+        model = request.lora_name or MODEL
+        llm_request = LLMRequest(
+            request_id=request.request_id,
+            model=model,
+            api=ApiKind.COMPLETIONS,
+            prompt=request.prompt,
+            body={"model": model, "max_tokens": request.max_tokens, "stream": True},
+            headers={},
+            stream=True,
+            cache_hit_threshold=request.cache_hit_threshold,
+        )
+        config = self.config
+        state = CycleState()
+        result = config.scheduler.schedule(llm_request, self.endpoints, state)
+        for hook in config.pre_request:
+            hook.pre_request(state, llm_request, result)
+        target = result.endpoints[0]
+        response = ResponseInfo(status=200, headers=_STREAM_HEADERS)
+        for response_hook in config.response_hooks:
+            response_hook.on_response_headers(state, llm_request, target, response)
+        self._in_flight[request.request_id] = _InFlight(state, llm_request, target, response)
+        plan = state.read(DISAGGREGATION)
+        if plan is not None:
+            return Route(decode=self._index[plan.decode.id], prefill=self._index[plan.prefill.id])
+        return self._index[target.id]
+
+    def on_tokens(self, record: RequestRecord, new_tokens: int, now: float) -> None:
+        flight = self._in_flight[record.request_id]
+        flight.response.output_tokens += new_tokens
+        for hook in self.config.response_hooks:
+            hook.on_response_chunk(flight.state, flight.request, flight.endpoint, flight.response, new_tokens)
+
+    def on_finish(self, record: RequestRecord, now: float) -> None:
+        flight = self._in_flight.pop(record.request_id)
+        response = flight.response
+        response.finish_reason = record.finish_reason
+        response.prompt_tokens = record.prompt_tokens
+        response.cached_tokens = record.cached_tokens
+        for hook in self.config.response_hooks:
+            hook.on_response_complete(flight.state, flight.request, flight.endpoint, response)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests scheduled and not yet completed (0 after a run: every hook's state was released)."""
+        return len(self._in_flight)

@@ -1,0 +1,1 @@
+"""Routing policies under test: kvroute configuration documents (`configs`) and re-implementations of peers."""
