@@ -2,7 +2,7 @@
 
 Four `kvroute sim serve` processes (8B-on-H100 timing, a KV cache cut down to 600 blocks so that each server
 holds only a few system prompts) listen on 127.0.0.2-5. The same kvroute proxy runs twice in front of them: first
-with kvroute's recommended configuration (prefix-cache affinity, cold-group spreading, load), then with a
+with kvroute's recommended configuration (`router/.../config/recommended.yaml`), then with a
 round-robin picker. Each run replays the same open-loop shared-prefix trace (12 system prompts of 2,000
 tokens, short questions); the demo prints TTFT percentiles, prefix-cache hit rates and the share of requests each
 server took, and writes a PNG of the TTFT distributions. Every process it starts is stopped before it exits.
@@ -23,29 +23,13 @@ from typing import Any
 
 from kvroute.bench.loadgen import Outcome, PlannedRequest, run_open_loop
 from kvroute.bench.processes import ManagedProcess, ProcessGroup, kvroute_command, simulator
+from kvroute.router.config.recommended import recommended_config_text
 
 SIM_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 SIM_PORT = 18000
 ROUTER_HOST, ROUTER_PORT = "127.0.0.1", 18080
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SIM_ARGS = ("--model", MODEL, "--num-gpu-blocks", "600")
-
-KVROUTE_CONFIG = """\
-apiVersion: kvroute.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: no-hit-lru-scorer
-- type: active-request-scorer
-- type: queue-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - {pluginRef: prefix-cache-scorer, weight: 3}
-  - {pluginRef: no-hit-lru-scorer, weight: 1}
-  - {pluginRef: active-request-scorer, weight: 1}
-  - {pluginRef: queue-scorer, weight: 1}
-"""
 
 ROUND_ROBIN_CONFIG = """\
 apiVersion: kvroute.io/v1alpha1
@@ -173,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kvroute-demo-") as tmp:
         results = [
-            asyncio.run(one_run("kvroute", KVROUTE_CONFIG, plan, Path(tmp))),
+            asyncio.run(one_run("kvroute", recommended_config_text(), plan, Path(tmp))),
             asyncio.run(one_run("round-robin", ROUND_ROBIN_CONFIG, plan, Path(tmp))),
         ]
     print()
