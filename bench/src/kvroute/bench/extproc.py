@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kvroute.bench import envoy, extproc_driver
-from kvroute.bench.overhead.httpload import post, run_load
+from kvroute.bench.overhead.httpload import LoadResult, post, run_load, run_paced
 from kvroute.bench.processes import ManagedProcess, ProcessGroup, kvroute_command, loopback
 
 HOST = "127.0.0.1"
@@ -44,8 +44,9 @@ class Cell:
     gateway: str  # "envoy" (round-robin baseline) or "kvroute-full" / "kvroute-light"
     body_bytes: int
     chunks: int  # 0: JSON answers
-    concurrency: int
+    concurrency: int  # connections of the closed loop; with a rate, the most in flight
     request_body_mode: str = "FULL_DUPLEX_STREAMED"
+    rate: float = 0.0  # > 0: an open loop of this many requests/s (Poisson arrivals) instead of a closed loop
 
 
 @dataclass
@@ -158,6 +159,14 @@ def _gateway(cell: Cell) -> envoy.EnvoyProcess:
     return envoy.EnvoyProcess(HOST, port, admin, config)
 
 
+async def _load(cell: Cell, bodies: Sequence[bytes], requests: int) -> LoadResult:
+    if cell.rate > 0:
+        return await run_paced(
+            HOST, ENVOY_PORTS[0], bodies, total=requests, rate=cell.rate, max_connections=cell.concurrency
+        )
+    return await run_load(HOST, ENVOY_PORTS[0], bodies, total=requests, concurrency=cell.concurrency)
+
+
 async def run_cell(cell: Cell, requests: int, warmup: int) -> CellResult:
     processes = [_backend(cell.chunks)]
     if cell.gateway != "envoy":
@@ -174,7 +183,7 @@ async def run_cell(cell: Cell, requests: int, warmup: int) -> CellResult:
             ours = [p for p in (gateway.process, router, processes[0].popen) if p is not None]
             cpu = [_cpu_seconds(p.pid) for p in ours]
             machine, own = _machine_busy(), time.process_time()
-            result = await run_load(HOST, ENVOY_PORTS[0], bodies, total=requests, concurrency=cell.concurrency)
+            result = await _load(cell, bodies, requests)
             busy, total = (after - before for after, before in zip(_machine_busy(), machine, strict=True))
             used = [_cpu_seconds(p.pid) - c for p, c in zip(ours, cpu, strict=True)]
             others = busy - sum(used) - (time.process_time() - own)
@@ -196,7 +205,7 @@ async def run_cell(cell: Cell, requests: int, warmup: int) -> CellResult:
     )
 
 
-def cells(chunks: int, concurrency: int, moderate: int) -> list[Cell]:
+def cells(chunks: int, concurrency: int, moderate: int, rate: float) -> list[Cell]:
     grid: list[Cell] = []
     for body, label in ((8 * 1024, "8KB"), (220 * 1024, "220KB")):
         for gateway in ("envoy", "kvroute-light", "kvroute-full"):
@@ -205,20 +214,25 @@ def cells(chunks: int, concurrency: int, moderate: int) -> list[Cell]:
     for gateway in ("envoy", "kvroute-light", "kvroute-full"):
         grid.append(Cell(f"{gateway} 8KB {chunks}-chunk stream", gateway, 8 * 1024, chunks, concurrency))
         grid.append(Cell(f"{gateway} 8KB json c={moderate}", gateway, 8 * 1024, 0, moderate))
+    for gateway in ("envoy", "kvroute-light", "kvroute-full"):
+        grid.append(Cell(f"{gateway} 8KB json {rate:g}/s", gateway, 8 * 1024, 0, concurrency, rate=rate))
     return grid
 
 
+def _kind(cell: Cell) -> tuple[int, int, int, float]:
+    """Cells of one kind differ only in the gateway; the added latency is against Envoy alone of the same kind."""
+    return cell.body_bytes, cell.chunks, cell.concurrency, cell.rate
+
+
 def table(results: Sequence[CellResult]) -> str:
-    baseline = {
-        (r.cell.body_bytes, r.cell.chunks, r.cell.concurrency): r.p50_ms for r in results if r.cell.gateway == "envoy"
-    }
+    baseline = {_kind(r.cell): r.p50_ms for r in results if r.cell.gateway == "envoy"}
     lines = [
         "| cell | req/s | p50 ms | p99 ms | added p50 ms | router CPU µs/req | Envoy CPU µs/req | other load (cores) "
         "| errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        base = baseline.get((r.cell.body_bytes, r.cell.chunks, r.cell.concurrency))
+        base = baseline.get(_kind(r.cell))
         added = "" if base is None or r.cell.gateway == "envoy" else f"{r.p50_ms - base:.2f}"
         router = "" if r.router_cpu_us is None else f"{r.router_cpu_us:.0f}"
         lines.append(
@@ -241,6 +255,7 @@ def register(sub: Any) -> None:
     add("--warmup", type=int, default=300, help="requests before measuring (default 300)")
     add("--concurrency", type=int, default=32, help="connections for throughput cells (default 32)")
     add("--moderate", type=int, default=2, help="connections for the latency cells (default 2)")
+    add("--rate", type=float, default=300, help="requests/s of the open-loop latency cells (default 300)")
     add("--chunks", type=int, default=50, help="SSE events per streamed answer (default 50)")
     add("--only", metavar="TEXT", help="run only the cells whose name contains TEXT")
     add("--json", metavar="FILE", help="also write the results as JSON")
@@ -248,7 +263,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    grid = [c for c in cells(args.chunks, args.concurrency, args.moderate) if not args.only or args.only in c.name]
+    grid = [
+        c
+        for c in cells(args.chunks, args.concurrency, args.moderate, args.rate)
+        if not args.only or args.only in c.name
+    ]
     results: list[CellResult] = []
     for cell in grid:
         started = time.perf_counter()
