@@ -55,6 +55,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 def loopback_hosts_sharing_a_free_port(count: int) -> tuple[list[str], int]:
     """`count` distinct 127.0.0.x addresses and one port free on all of them (a pool has one set of ports)."""
     hosts = [f"127.0.0.{x}" for x in random.sample(range(100, 250), count)]
+    return hosts, port_free_on_all(hosts)
+
+
+def port_free_on_all(hosts: list[str]) -> int:
+    """One port free on every address of `hosts`."""
     for _ in range(50):
         port = free_port(hosts[0])
         try:
@@ -63,7 +68,7 @@ def loopback_hosts_sharing_a_free_port(count: int) -> tuple[list[str], int]:
                     other.bind((host, port))
         except OSError:
             continue
-        return hosts, port
+        return port
     raise RuntimeError("no port free on every host")
 
 
@@ -91,11 +96,18 @@ class Processes:
         self.directory = directory
         self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """`kvroute ARGS`, with `env` added to this process's environment."""
         log = self.directory / f"{name}.log"
         with log.open("ab") as out:
             command = [sys.executable, "-m", "kvroute.cli", *args]
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
+            )
         self.running.append((name, process, log))
         return process
 

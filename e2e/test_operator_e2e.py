@@ -1,7 +1,9 @@
 """The operator end to end, against the real control plane: chart CRDs and the chart's operator RBAC, the operator
 process logged in as the chart's ServiceAccount, an InferencePool + SchedulingProfile rendered into a router
 Deployment, the router run exactly as that Deployment says (as its own least-privilege ServiceAccount), a real
-Envoy in front of it (ext_proc over TLS, ORIGINAL_DST) and `kvroute sim serve` model servers on 127.0.0.x.
+Envoy in front of it (ext_proc over TLS, ORIGINAL_DST) and `kvroute sim serve` model servers on 127.0.0.x. Then
+two router replicas with fleet sync: one router process per pod kwok runs for the Deployment (on the pod's
+127.1.x.y address, with its downward-API environment), which find each other through the pod watch.
 
 The steps run in file order and share module-scoped state; once a step fails the later ones are skipped. Every
 process is stopped by PID; every address is in 127.0.0.0/8. Each step prints one line of the step log (with its
@@ -15,6 +17,7 @@ import re
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,6 +38,7 @@ from .helpers import (
     k8s_tools_dir,
     loopback_hosts_sharing_a_free_port,
     ok,
+    port_free_on_all,
     wait_for,
     write_kubeconfig,
 )
@@ -60,6 +64,7 @@ CHILDREN = {
     "Service": f"/api/v1/namespaces/{NS}/services/{POOL}-epp",
 }
 TOUCH = "e2e.kvroute.io/touch"
+FLEET_SELECTOR = f"app.kubernetes.io/instance={POOL},app.kubernetes.io/name=kvroute-router"
 SHARED_PREFIX = "You are a careful assistant. Answer briefly and cite the manual. " * 30
 
 
@@ -206,7 +211,7 @@ def _pool() -> dict[str, Any]:
     }
 
 
-def _profile(prefix_weight: int = 3) -> dict[str, Any]:
+def _profile(prefix_weight: int = 3, **router: Any) -> dict[str, Any]:
     return {
         "apiVersion": "kvroute.io/v1alpha1",
         "kind": "SchedulingProfile",
@@ -228,7 +233,7 @@ def _profile(prefix_weight: int = 3) -> dict[str, Any]:
                     ],
                 }
             ],
-            "router": {"replicas": 1, "mode": "ext-proc", "logLevel": "info"},
+            "router": {"replicas": 1, "mode": "ext-proc", "logLevel": "info", **router},
         },
     }
 
@@ -607,7 +612,127 @@ def test_09_kubectl_printer_columns(scenario: Scenario, capsys: pytest.CaptureFi
     s.note("header NAME POOL ACCEPTED READY AGE")
 
 
-def test_10_deleting_the_pool_collects_the_children(scenario: Scenario) -> None:
+def _metric(url: str, name: str) -> float | None:
+    match = re.search(rf"^{name} (\S+)$", http("GET", f"{url}/metrics")[2], re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def _router_pods(s: Scenario, template_args: list[str]) -> list[dict[str, Any]] | None:
+    """The router pods of the Deployment's current template, once exactly two run Ready with an address."""
+    query = urllib.parse.urlencode({"labelSelector": FLEET_SELECTOR})
+    pods = (s.get(f"/api/v1/namespaces/{NS}/pods?{query}") or {}).get("items") or []
+    current = [
+        pod
+        for pod in pods
+        if pod["spec"]["containers"][0].get("args") == template_args
+        and not pod["metadata"].get("deletionTimestamp")
+        and (pod.get("status") or {}).get("podIP")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+    ]
+    return current if len(current) == 2 and len(pods) == 2 else None
+
+
+def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
+    s = scenario
+    _apply(s, _profile(prefix_weight=5, replicas=2, mode="proxy"))
+
+    def rendered() -> dict[str, Any] | None:
+        deployment = s.get(CHILDREN["Deployment"]) or {}
+        return deployment if deployment.get("spec", {}).get("replicas") == 2 else None
+
+    deployment = wait_for("the Deployment to have 2 replicas", rendered, timeout=30, interval=0.2)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = list(container["args"])
+    assert args[1:3] == ["--mode", "proxy"]
+    assert args[-4:] == ["--fleet-peer-selector", FLEET_SELECTOR, "--fleet-port", "9005"]
+    labels = dict(pair.split("=") for pair in FLEET_SELECTOR.split(","))
+    assert labels == deployment["spec"]["selector"]["matchLabels"]
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}},
+    ]
+    assert {"name": "fleet-sync", "containerPort": 9005, "protocol": "TCP"} in container["ports"]
+    service_ports = [p["port"] for p in (s.get(CHILDREN["Service"]) or {})["spec"]["ports"]]
+    assert 9005 not in service_ports, service_ports
+
+    # kwok runs the two pods of the new template (and removes the old one); each gets a 127.1.x.y address, where
+    # the test runs that pod's router, as the Deployment says, with the pod's downward-API environment.
+    pods = wait_for("two Ready router pods of the new template", lambda: _router_pods(s, args), timeout=90)
+    ips = [pod["status"]["podIP"] for pod in pods]
+    assert all(ip.startswith("127.") for ip in ips), ips
+    fleet_port = port_free_on_all(ips)
+    token = s.cp.create_service_account_token(
+        NS, deployment["spec"]["template"]["spec"]["serviceAccountName"], create=False
+    )
+    kubeconfig = write_kubeconfig(s.cp, s.workdir / "fleet.kubeconfig", token, NS)
+    urls, routers = [], []
+    for pod, ip in zip(pods, ips, strict=True):
+        run = list(args)
+        run[run.index("--host") + 1] = ip
+        port = free_port(ip)
+        name = pod["metadata"]["name"]
+        router = s.processes.start(
+            f"router-{name}",
+            *run,
+            *("--kubeconfig", str(kubeconfig), "--port", str(port), "--fleet-port", str(fleet_port)),
+            env={"POD_NAME": name, "POD_IP": ip},
+        )
+        routers.append(router)
+        urls.append(f"http://{ip}:{port}")
+    s.values["fleet_routers"] = routers
+    for router, url in zip(routers, urls, strict=True):
+        wait_for(
+            f"the router at {url} to be ready and hear its peer",
+            lambda r=router, u=url: (
+                r.poll() is None
+                and http("GET", f"{u}/readyz")[0] == 200
+                and _metric(u, "kvroute_fleet_peer_addresses") == 1  # its peer's pod, not its own
+                and _metric(u, "kvroute_fleet_peers") == 1
+            ),
+            timeout=60,
+            interval=0.2,
+        )
+
+    def complete(url: str, prompt: str) -> str | None:
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 2}
+        status, headers, _ = http("POST", f"{url}/v1/completions", body, timeout=30)
+        assert status == 200
+        return headers.get("x-inference-pod")
+
+    prompts = [f"fleet {i} " + "a question nobody asked before. " * 20 for i in range(6)]
+    through_a = [complete(urls[0], prompt) for prompt in prompts]
+    applied: list[float] = []
+
+    def settled() -> bool:  # b applied a's records, nothing more arrives, no request of a's is open
+        applied.append(_metric(urls[1], "kvroute_fleet_records_applied_total") or 0.0)
+        stable = len(applied) > 5 and applied[-6] == applied[-1] >= 2 * len(prompts)
+        return stable and _metric(urls[1], "kvroute_fleet_peer_requests_open") == 0
+
+    wait_for("router b to apply router a's decisions", settled, timeout=60, interval=0.2)
+    through_b = [complete(urls[1], prompt) for prompt in prompts]
+    assert through_b == through_a, (through_a, through_b)
+    assert set(through_a) <= set(PODS)
+
+    # Router b goes away with its pod: a disconnects from it and, after the peer timeout, forgets it.
+    s.processes.stop(routers[1])
+    gone = pods[1]["metadata"]["name"]
+    ok(s.cp.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{gone}", {"gracePeriodSeconds": 0}))
+    a_log = f"router-{pods[0]['metadata']['name']}"
+    wait_for(
+        "router a to drop b's address",
+        lambda: f"-{ips[1]}:{fleet_port}" in s.processes.log(a_log),
+        timeout=30,
+        interval=0.2,
+    )
+    wait_for("router a to forget b", lambda: _metric(urls[0], "kvroute_fleet_peers") == 0, timeout=30, interval=0.5)
+    assert routers[0].poll() is None
+    s.note(
+        f"2 replicas, `--fleet-peer-selector {FLEET_SELECTOR}`; pods {', '.join(ips)} found each other; "
+        f"{len(prompts)} prompts via a then b -> same pods {sorted(map(str, set(through_a)))}; b deleted, a forgot it"
+    )
+
+
+def test_11_deleting_the_pool_collects_the_children(scenario: Scenario) -> None:
     s = scenario
     ok(s.cp.api("DELETE", f"{POOLS_PATH}/{POOL}"))
     started = time.monotonic()

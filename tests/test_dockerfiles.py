@@ -158,8 +158,8 @@ def test_entrypoint_and_cmd_are_a_valid_kvroute_command(image: str) -> None:
 def test_router_image_exposes_the_router_ports() -> None:
     exposed = {int(port) for i in final_stage("router") if i.keyword == "EXPOSE" for port in i.arguments.split()}
 
-    # ext_proc gRPC, gRPC health, Prometheus metrics, OpenAI-compatible proxy (DESIGN §6).
-    assert exposed == {9002, 9003, 9090, 8080}
+    # ext_proc gRPC, gRPC health, Prometheus metrics, OpenAI-compatible proxy (DESIGN §6), fleet sync.
+    assert exposed == {9002, 9003, 9090, 8080, 9005}
 
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:

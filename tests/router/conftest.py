@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -12,6 +14,8 @@ from kvroute.router.framework import (
     CycleState,
     Endpoint,
     LLMRequest,
+    PreparationFailed,
+    Preparer,
     PreRequest,
     ResponseHook,
     ResponseInfo,
@@ -91,7 +95,43 @@ class RecordingHook(PreRequest, ResponseHook):
             raise RuntimeError("on_response_complete failed on purpose")
 
 
+class StubPreparer(Preparer):
+    """Sets `token_ids` to `[number of candidates, prompt length]` after `delay` seconds, or fails as `fail` says
+    ("failed": `PreparationFailed`, "bug": any other exception); records the request ids and whether it is closed."""
+
+    type_name = "stub-preparer"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        fail: str = ""
+        delay: float = 0.0
+
+    def __init__(self, name: str, params: Params | None = None) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self.fail = params.fail
+        self.delay = params.delay
+        self.prepared: list[str] = []
+        self.entered = asyncio.Event()  # set once a preparation has started
+        self.closed = False
+
+    async def prepare(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
+        self.prepared.append(request.request_id)
+        self.entered.set()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail == "failed":
+            raise PreparationFailed("the stub could not")
+        if self.fail == "bug":
+            raise RuntimeError("the stub is broken")
+        request.token_ids = [len(endpoints), len(request.prompt)]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
 @pytest.fixture
 def registry() -> Registry:
-    """The real registry plus `recording-hook`."""
-    return {**REGISTRY, RecordingHook.type_name: RecordingHook}
+    """The real registry plus `recording-hook` and `stub-preparer`."""
+    return {**REGISTRY, RecordingHook.type_name: RecordingHook, StubPreparer.type_name: StubPreparer}

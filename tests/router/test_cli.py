@@ -89,3 +89,36 @@ def test_an_invalid_configuration_names_the_offending_path(tmp_path: Path) -> No
 
     assert result.returncode == 2
     assert 'plugins[0].type: unknown plugin type "no-such-scorer"' in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--fleet-port", "9006"), "--fleet-port needs --fleet-peers or --fleet-peer-selector"),
+        (("--replica-id", "a"), "--replica-id needs --fleet-peers or --fleet-peer-selector"),
+        (("--fleet-sync-interval", "10ms"), "--fleet-sync-interval needs --fleet-peers"),
+        (
+            ("--fleet-peers", "127.0.0.2:9005", "--fleet-peer-selector", "app=router"),
+            "give either --fleet-peers or --fleet-peer-selector, not both",
+        ),
+        (("--fleet-peer-selector", "app=router"), "--fleet-peer-selector needs Kubernetes discovery"),
+        (("--fleet-peers", "127.0.0.2"), "--fleet-peers item 1 '127.0.0.2': expected host:port"),
+        (("--fleet-peers", "127.0.0.2:9005", "--fleet-port", "8080"), "--fleet-port 8080 is also the --port"),
+        (
+            ("--fleet-peers", "127.0.0.2:9005", "--mode", "ext-proc", "--fleet-port", "9090"),
+            "--fleet-port 9090 is also the --metrics-port",
+        ),
+        (("--fleet-peers", "127.0.0.2:9005", "--fleet-peer-timeout", "0"), "must be a positive number of seconds"),
+    ],
+)
+def test_fleet_sync_flags_fail_at_once(args: tuple[str, ...], message: str) -> None:
+    result = run("--endpoints", "127.0.0.2:8000", *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_fleet_sync_is_off_unless_peers_are_given() -> None:
+    args = build_parser(["router"]).parse_args(["router", "--endpoints", "127.0.0.2:8000"])
+
+    assert (args.fleet_peers, args.fleet_peer_selector, args.fleet_port, args.replica_id) == (None, None, None, None)

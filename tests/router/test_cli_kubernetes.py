@@ -86,3 +86,33 @@ def test_outside_a_pod_the_namespace_must_be_given(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "--pool-namespace is required when the router does not run in a pod" in result.stderr
+
+
+def test_the_fleet_flags_the_operator_passes_watch_the_deployments_pods(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvroute.router.cli import _fleet_settings
+    from kvroute.router.datalayer.kubernetes import ClusterConfig
+    from kvroute.router.datalayer.kubernetes.peers import PeerPods
+    from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
+
+    monkeypatch.setenv("POD_NAME", "llm-kvroute-6b7c9-x2x4z")
+    monkeypatch.setenv("POD_IP", "127.0.7.3")
+    selector = "app.kubernetes.io/instance=llm,app.kubernetes.io/name=kvroute-router"
+    parser = build_parser(["router"])
+    args = parser.parse_args(
+        ["router", "--pool-name", "llm", "--host", "0.0.0.0", "--fleet-peer-selector", selector, "--fleet-port", "9005"]
+    )
+    source = KubernetesSource(ClusterConfig(server="http://127.0.0.1:9", ssl_context=None), "team-a", "llm")
+
+    fleet = _fleet_settings(args, parser, source)
+
+    assert fleet is not None
+    assert (fleet.replica_id, fleet.host, fleet.port, fleet.interval, fleet.peer_timeout) == (
+        "llm-kvroute-6b7c9-x2x4z",
+        "0.0.0.0",
+        9005,
+        0.005,
+        10.0,
+    )
+    peers = fleet.peers
+    assert isinstance(peers, PeerPods)
+    assert (peers.namespace, peers.selector.query(), peers.port) == ("team-a", selector, 9005)

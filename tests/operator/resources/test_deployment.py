@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kvroute.operator.models import RouterSpec
 from kvroute.operator.resources.deployment import deployment
 from kvroute.operator.resources.meta import Pool
+from kvroute.operator.resources.service import service
 
 from ..conftest import NAMESPACE, pool_object
 
@@ -113,3 +116,45 @@ def test_rollout_surges_before_removing_a_router() -> None:
     assert selector == {"app.kubernetes.io/name": "kvroute-router", "app.kubernetes.io/instance": "llama"}
     assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferencePool"
+
+
+SELECTOR = "app.kubernetes.io/instance=llama,app.kubernetes.io/name=kvroute-router"
+
+
+def test_several_replicas_share_routing_state_with_the_pods_of_their_own_deployment() -> None:
+    dep = _deployment(replicas=3)
+    container = _container(dep)
+    assert container["args"][-4:] == ["--fleet-peer-selector", SELECTOR, "--fleet-port", "9005"]
+    # The selector is exactly the Deployment's own: a router's peers are the other pods of its Deployment.
+    labels = dict(pair.split("=") for pair in SELECTOR.split(","))
+    assert labels == dep["spec"]["selector"]["matchLabels"]
+    assert container["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.podIP"}}},
+    ]
+    assert ("fleet-sync", 9005) in [(p["name"], p["containerPort"]) for p in container["ports"]]
+
+
+@pytest.mark.parametrize(
+    ("router", "syncs"),
+    [
+        ({}, False),
+        ({"replicas": 1}, False),
+        ({"replicas": 2}, True),
+        ({"replicas": 2, "fleetSync": False}, False),
+        ({"fleetSync": True}, True),  # replicas owned by an autoscaler
+        ({"replicas": 1, "fleetSync": True, "mode": "proxy"}, True),
+    ],
+)
+def test_fleet_sync_follows_the_replicas_unless_the_profile_says(router: dict[str, Any], syncs: bool) -> None:
+    container = _container(_deployment(**router))
+    assert ("--fleet-peer-selector" in container["args"]) is syncs
+    assert ("env" in container) is syncs
+    assert any(p["name"] == "fleet-sync" for p in container["ports"]) is syncs
+
+
+def test_the_fleet_sync_port_is_not_on_the_service() -> None:
+    pool = Pool.from_object(pool_object("llama"))
+    ports = service(pool, "ext-proc")
+    assert ports is not None
+    assert 9005 not in [p["port"] for p in ports["spec"]["ports"]]

@@ -380,3 +380,38 @@ async def test_both_front_doors_share_one_router(start_router: Any, start_envoy:
 
     assert direct[0] == 200
     assert {(status, pod) for status, pod, _ in via_envoy} == {(200, direct[1])}  # one prefix index for both doors
+
+
+PRECISE_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: precise-prefix-cache-scorer
+    # These simulators publish no KV events: only the speculative entries (10 s) say where a prompt went.
+    parameters: {kvEvents: {endpointPort: 9}, tokenizer: engine, speculativeTTL: 10s}
+  - type: max-score-picker
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {pluginRef: precise-prefix-cache-scorer, weight: 1}
+      - {pluginRef: max-score-picker}
+"""
+
+
+async def test_the_precise_scorer_prepares_requests_through_envoy(
+    start_router: Any, start_envoy: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "precise.yaml"
+    config.write_text(PRECISE_CONFIG)
+    router = start_router("--config", str(config))
+    gateway = start_envoy(router)
+    prompts = [f"Topic {topic}: " + f"what is known about {topic}? " * 20 for topic in ("salt", "iron", "oak", "elk")]
+    async with aiohttp.ClientSession() as session:
+        first = [await complete(session, gateway.base_url, p) for p in prompts]
+        again = [await complete(session, gateway.base_url, p) for p in prompts]
+
+    assert [status for status, _, _ in first + again] == [200] * 8
+    # Tokenized on the simulators (/tokenize) before scheduling, then held on the pick: each prompt stays put.
+    assert [pod for _, pod, _ in again] == [pod for _, pod, _ in first]
+    assert router.metric("kvroute_request_preparation_failures_total") == 0
+    assert router.metric('kvroute_scheduler_plugin_duration_seconds_count{extension_point="Preparer.prepare"') == 8

@@ -298,3 +298,58 @@ def test_request_trailers_end_the_body(talk: Any) -> None:
 
     assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body", "request_trailers"]
     assert c.m.streamed(answers[1]) == (BODY, False)
+
+
+PREPARED_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: recording-hook
+  - type: stub-preparer
+  - type: active-request-scorer
+schedulingProfiles:
+  - name: default
+    plugins:
+      - pluginRef: active-request-scorer
+"""
+
+
+async def test_with_preparers_the_request_is_answered_once_prepared(talk: Any) -> None:
+    c = talk()
+    c.core.holder.reload_text(PREPARED_CONFIG)
+
+    assert c.route(headers={"x-request-id": "p-1"}) == []
+    assert c.exchange.preparing
+    answers = [c.m.parse(a) for a in await c.exchange.route_prepared()]
+
+    assert not c.exchange.preparing
+    assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body"]
+    assert c.m.streamed(answers[1]) == (BODY, True)
+    assert c.exchange.handle is not None
+    assert c.exchange.handle.request.token_ids == [3, len("hello there")]
+    assert c.record.pre_request == ["p-1"]
+    c.exchange.close()
+
+
+async def test_with_preparers_the_trailers_answer_follows_the_routing(talk: Any) -> None:
+    c = talk()
+    c.core.holder.reload_text(PREPARED_CONFIG)
+    c.send(c.m.request_headers())
+    c.send(c.m.request_body(BODY))
+
+    assert c.send(c.m.request_trailers()) == []
+    answers = [c.m.parse(a) for a in await c.exchange.route_prepared()]
+    assert [a.WhichOneof("response") for a in answers] == ["request_headers", "request_body", "request_trailers"]
+    c.exchange.close()
+
+
+async def test_with_preparers_a_bad_body_is_still_an_immediate_400(talk: Any) -> None:
+    c = talk()
+    c.core.holder.reload_text(PREPARED_CONFIG)
+    c.send(c.m.request_headers(body_mode=c.m.BUFFERED))
+    assert c.send(c.m.request_body(b"{", end_of_stream=True)) == []
+
+    (answer,) = [c.m.parse(a) for a in await c.exchange.route_prepared()]
+    status, body, _ = c.m.immediate(answer)
+    assert (status, body["error"]["code"]) == (400, "invalid_json")
+    assert c.exchange.handle is None

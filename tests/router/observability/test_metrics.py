@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvroute.router.observability import RouterMetrics
+from kvroute.router.observability import FleetStats, RouterMetrics
 
 
 def families(metrics: RouterMetrics) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -25,6 +25,14 @@ def test_render_exposes_every_metric_by_name() -> None:
         "kvroute_prefix_hit_ratio",
         "kvroute_request_duration_seconds",
         "kvroute_config_reloads",
+        "kvroute_request_preparation_failures",
+        "kvroute_kv_events",
+        "kvroute_kv_events_sequence_gaps",
+        "kvroute_kv_events_publisher_restarts",
+        "kvroute_kv_events_malformed_messages",
+        "kvroute_kv_events_unknown_endpoint_messages",
+        "kvroute_kv_events_unindexed_blocks",
+        "kvroute_kv_index_entries",
     }
 
 
@@ -109,3 +117,33 @@ def test_forgetting_an_endpoint_drops_its_series_only() -> None:
     # A forgotten endpoint that comes back starts from zero.
     metrics.in_flight_gauge("10.0.0.1:8000").inc()
     assert metrics.registry.get_sample_value("kvroute_requests_in_flight", {"endpoint": "10.0.0.1:8000"}) == 1
+
+
+def test_fleet_sync_metrics_appear_once_registered_and_read_their_source_at_each_scrape() -> None:
+    metrics = RouterMetrics()
+    assert not any(name.startswith("kvroute_fleet_") for name in families(metrics))
+    stats = FleetStats()
+    metrics.register_fleet(lambda: stats)
+    stats = FleetStats(batches_sent=3, bytes_sent=1500, records_applied=7, peers=2, peer_requests_open=4)
+
+    fleet = {name: samples for name, samples in families(metrics).items() if name.startswith("kvroute_fleet_")}
+
+    assert fleet["kvroute_fleet_batches_sent"] == [("kvroute_fleet_batches_sent_total", {}, 3.0)]
+    assert fleet["kvroute_fleet_sent_bytes"] == [("kvroute_fleet_sent_bytes_total", {}, 1500.0)]
+    assert fleet["kvroute_fleet_records_applied"] == [("kvroute_fleet_records_applied_total", {}, 7.0)]
+    assert fleet["kvroute_fleet_peers"] == [("kvroute_fleet_peers", {}, 2.0)]
+    assert fleet["kvroute_fleet_peer_requests_open"] == [("kvroute_fleet_peer_requests_open", {}, 4.0)]
+    assert set(fleet) == {
+        "kvroute_fleet_batches_sent",
+        "kvroute_fleet_sent_bytes",
+        "kvroute_fleet_batches_received",
+        "kvroute_fleet_batches_malformed",
+        "kvroute_fleet_records_applied",
+        "kvroute_fleet_records_rejected",
+        "kvroute_fleet_sequence_gaps",
+        "kvroute_fleet_peers_expired",
+        "kvroute_fleet_peer_requests_stale",
+        "kvroute_fleet_peers",
+        "kvroute_fleet_peer_addresses",
+        "kvroute_fleet_peer_requests_open",
+    }

@@ -15,6 +15,7 @@ DESIGN_CATALOG = {
     "decode-filter",
     "prefill-filter",
     "prefix-cache-scorer",
+    "precise-prefix-cache-scorer",
     "no-hit-lru-scorer",
     "active-blocks-scorer",
     "queue-scorer",
@@ -33,7 +34,7 @@ DESIGN_CATALOG = {
     "utilization-detector",
 }
 PICKERS = {"max-score-picker", "random-picker", "weighted-random-picker", "round-robin-picker", "softmax-picker"}
-NEED_PARAMS = {"by-label": {"label": "zone"}}
+NEED_PARAMS = {"by-label": {"label": "zone"}, "precise-prefix-cache-scorer": {"kvEvents": {"endpointPort": 5557}}}
 
 
 def test_registry_covers_the_catalog() -> None:

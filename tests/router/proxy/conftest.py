@@ -241,9 +241,12 @@ class RouterFleet:
     def __init__(self) -> None:
         self.processes: list[RouterProcess] = []
 
-    def __call__(self, endpoints: str, *args: str, config: Path | None = None) -> RouterProcess:
-        """Starts a router for `endpoints` (an `--endpoints` value), ready once `/readyz` answers 200."""
-        host = next(_PROXY_HOSTS)
+    def __call__(
+        self, endpoints: str, *args: str, config: Path | None = None, host: str | None = None
+    ) -> RouterProcess:
+        """Starts a router for `endpoints` (an `--endpoints` value) on `host` (default: the next 127.0.4.x), ready
+        once `/readyz` answers 200."""
+        host = host or next(_PROXY_HOSTS)
         port = _free_port(host)
         command = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "proxy", "--endpoints", endpoints]
         command += ["--host", host, "--port", str(port), *args]

@@ -382,3 +382,102 @@ def test_a_plugin_failing_while_scheduling_is_a_500(setup: Setup, monkeypatch: p
 
     assert (caught.value.status, caught.value.code) == (500, "scheduling_failed")
     assert setup.record.pre_request == []
+
+
+PREPARED_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: recording-hook
+  - type: stub-preparer
+    parameters: {fail: "%(fail)s", delay: %(delay)s}
+  - type: active-request-scorer
+schedulingProfiles:
+  - name: default
+    plugins:
+      - pluginRef: active-request-scorer
+"""
+
+
+def prepared_setup(registry: Registry, fail: str = "", delay: float = 0.0) -> Setup:
+    setup = Setup(registry)
+    setup.holder.reload_text(PREPARED_CONFIG % {"fail": fail, "delay": delay})
+    return setup
+
+
+def test_a_configuration_without_preparers_is_not_preparing(setup: Setup) -> None:
+    assert not setup.director.preparing
+    handle = setup.start()
+    assert handle.request.token_ids is None
+    handle.complete()
+
+
+async def test_preparers_run_between_admission_and_scheduling(registry: Registry) -> None:
+    setup = prepared_setup(registry)
+    preparer = setup.holder.current.plugins["stub-preparer"]
+
+    assert setup.director.preparing
+    handle = await setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, {"x-request-id": "p-1"}.items())
+
+    assert preparer.prepared == ["p-1"]  # type: ignore[attr-defined]
+    assert handle.request.token_ids == [2, len("hello")]  # two candidates
+    assert setup.record.pre_request == ["p-1"]
+    labels = {"extension_point": "Preparer.prepare", "plugin_type": "stub-preparer", "plugin_name": "stub-preparer"}
+    assert setup.sample("kvroute_scheduler_plugin_duration_seconds_count", **labels) == 1
+    handle.complete()
+
+
+async def test_a_bad_request_is_refused_before_preparation(registry: Registry) -> None:
+    setup = prepared_setup(registry)
+
+    with pytest.raises(RequestError) as caught:
+        await setup.director.start_prepared(ApiKind.COMPLETIONS, b"{", ())
+
+    assert caught.value.status == 400
+    assert setup.holder.current.plugins["stub-preparer"].prepared == []  # type: ignore[attr-defined]
+    assert setup.sample("kvroute_requests_total", api="completions", code="400") == 1
+
+
+@pytest.mark.parametrize("fail", ["failed", "bug"])
+async def test_a_failed_preparation_is_counted_and_the_request_scheduled_anyway(registry: Registry, fail: str) -> None:
+    setup = prepared_setup(registry, fail=fail)
+
+    handle = await setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, ())
+
+    assert handle.request.token_ids is None
+    assert len(handle.endpoints) >= 1
+    labels = {"plugin_type": "stub-preparer", "plugin_name": "stub-preparer"}
+    assert setup.sample("kvroute_request_preparation_failures_total", **labels) == 1
+    handle.complete()
+
+
+async def test_a_client_gone_during_preparation_is_recorded_as_499(registry: Registry) -> None:
+    setup = prepared_setup(registry, delay=30.0)
+    task = asyncio.create_task(setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, ()))
+    preparer = setup.holder.current.plugins["stub-preparer"]
+    await asyncio.wait_for(preparer.entered.wait(), 10)  # type: ignore[attr-defined]
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert setup.sample("kvroute_requests_total", api="completions", code="499") == 1
+    assert setup.record.pre_request == []
+
+
+def test_with_fleet_sync_peers_count_the_requests_this_director_schedules(registry: Registry) -> None:
+    from kvroute.router.fleet.sync import FleetSync
+
+    a, b = Setup(registry), Setup(registry)
+    for side, name in ((a, "a"), (b, "b")):
+        side.director.fleet = FleetSync(name, lambda side=side: side.holder.current, side.pool.by_id)
+    assert a.director.fleet is not None and b.director.fleet is not None
+    handle = a.start(headers={"x-request-id": "req-9"})
+    b.director.fleet.receive(a.director.fleet.take_batch(1.0) or b"", 1.0)
+    scorer = b.holder.current.plugins["active-request-scorer"]
+    assert isinstance(scorer, ActiveRequestScorer)
+    assert scorer.in_flight(handle.endpoint.id) == 1
+    handle.complete()
+    b.director.fleet.receive(a.director.fleet.take_batch(1.1) or b"", 1.1)
+    assert scorer.in_flight(handle.endpoint.id) == 0
+    assert b.director.fleet.open_peer_requests == 0

@@ -104,6 +104,18 @@ class RouterSpec(_Model):
         description="ext-proc: Envoy ext_proc endpoint picker for a gateway (the Service's port goes to 9002); "
         "proxy: OpenAI-compatible reverse proxy (the Service's port goes to 8080).",
     )
+    fleet_sync: bool | None = Field(
+        default=None,
+        description="Router replicas share their routing decisions, in-flight load and completions over port 9005, "
+        "so each routes as if it saw every request. Unset: on when replicas is more than 1; set it to true when an "
+        "autoscaler owns the replicas.",
+    )
+
+    @property
+    def syncs_fleet(self) -> bool:
+        if self.fleet_sync is not None:
+            return self.fleet_sync
+        return self.replicas is not None and self.replicas > 1
 
 
 class ProfileResourceSpec(_Model):

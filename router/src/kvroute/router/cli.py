@@ -10,6 +10,12 @@ reachable from other machines (the proxy's `/admin/reload` route included); in a
 Discovery: `--endpoints` lists the model servers (static); `--discovery kubernetes --pool-name NAME` follows the
 Ready pods of that InferencePool instead, optionally with the configuration from a ConfigMap
 (`--config-configmap NAME`, key `config.yaml`, hot-reloaded).
+
+Fleet sync (docs/fleet.md): router replicas of one pool share their routing state, so that each routes as if it
+saw every request. It is on when peers are given: `--fleet-peers HOST:PORT,...` (a fixed list; the replica's own
+address may be in it), or with Kubernetes discovery `--fleet-peer-selector KEY=VALUE,...` (the pods of the
+router's Deployment; `POD_NAME` and `POD_IP` from the downward API tell the router which pod is its own). Each
+replica publishes on `--host`:`--fleet-port`.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvroute.router.config.models import parse_duration
+from kvroute.router.fleet.defaults import DEFAULT_FLEET_PORT, DEFAULT_PEER_TIMEOUT, DEFAULT_SYNC_INTERVAL
 from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 
 if TYPE_CHECKING:
+    from kvroute.router.datalayer.kubernetes.peers import PeerPods
     from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
+    from kvroute.router.fleet.transport import FleetSettings
     from kvroute.router.runtime import FrontDoor, RouterCore
 
 MODES = ("proxy", "ext-proc", "both")
@@ -168,6 +177,45 @@ def register(sub: Any) -> None:
         f"(default {DEFAULT_IDLE_TIMEOUT:g}s)",
     )
     add(
+        "--fleet-peers",
+        metavar="HOST:PORT,...",
+        help="turn fleet sync on with these peer replicas (their --host:--fleet-port; this replica's own address "
+        "may be listed): the replicas share routing decisions, in-flight load and completions (docs/fleet.md)",
+    )
+    add(
+        "--fleet-peer-selector",
+        metavar="KEY=VALUE,...",
+        help="turn fleet sync on with the pods matching these labels in the pool's namespace as peers (Kubernetes "
+        "discovery; the router's own pod, named by $POD_NAME or at $POD_IP, is left out)",
+    )
+    add(
+        "--fleet-port",
+        type=_port,
+        metavar="PORT",
+        help=f"fleet sync: port of this replica's publisher on --host, and of its peers' "
+        f"(default {DEFAULT_FLEET_PORT})",
+    )
+    add(
+        "--fleet-sync-interval",
+        type=_duration_or_zero,
+        metavar="DURATION",
+        help="fleet sync: how often the records gathered are sent to the peers; 0 (the default): as soon as "
+        "the event loop is free",
+    )
+    add(
+        "--fleet-peer-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="fleet sync: a peer silent this long is gone and its in-flight requests are released "
+        f"(default {DEFAULT_PEER_TIMEOUT:g}s; peers send a heartbeat every second)",
+    )
+    add(
+        "--replica-id",
+        metavar="ID",
+        help="fleet sync: this replica's name among its peers, unique in the fleet (default: $POD_NAME, else "
+        "<hostname>-<pid>)",
+    )
+    add(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -203,7 +251,10 @@ def _run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
     settings = CoreSettings(
-        max_body_bytes=args.max_body_bytes, config_path=args.config, scrape_interval=args.scrape_interval
+        max_body_bytes=args.max_body_bytes,
+        config_path=args.config,
+        scrape_interval=args.scrape_interval,
+        fleet=_fleet_settings(args, parser, kubernetes),
     )
     try:
         core = RouterCore(endpoints, REGISTRY, settings, config_text=text)
@@ -270,6 +321,70 @@ def _front_doors(args: argparse.Namespace, core: RouterCore) -> list[FrontDoor]:
         )
         doors.append(ExtProcDoor(core, settings))
     return doors
+
+
+def _fleet_settings(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, kubernetes: KubernetesSource | None
+) -> FleetSettings | None:
+    """Checks the fleet sync flags; None when sync is off (no peers given)."""
+    tuning = ("--fleet-port", "--fleet-sync-interval", "--fleet-peer-timeout", "--replica-id")
+    if args.fleet_peers is None and args.fleet_peer_selector is None:
+        for flag in tuning:
+            if getattr(args, flag[2:].replace("-", "_")) is not None:
+                parser.error(f"{flag} needs --fleet-peers or --fleet-peer-selector")
+        return None
+    if args.fleet_peers is not None and args.fleet_peer_selector is not None:
+        parser.error("give either --fleet-peers or --fleet-peer-selector, not both")
+    port = DEFAULT_FLEET_PORT if args.fleet_port is None else args.fleet_port
+    used: list[tuple[str, int]] = []
+    if args.mode in ("proxy", "both"):
+        used.append(("--port", args.port))
+    if args.mode in ("ext-proc", "both"):
+        used += [("--grpc-port", args.grpc_port), ("--grpc-health-port", args.grpc_health_port)]
+        used.append(("--metrics-port", args.metrics_port))
+    for flag, value in used:
+        if value == port != 0:
+            parser.error(f"--fleet-port {port} is also the {flag}")
+    from kvroute.router.fleet.peers import PeerSource, StaticPeers, default_replica_id, parse_peers
+    from kvroute.router.fleet.transport import FleetSettings
+
+    peers: PeerSource
+    try:
+        if args.fleet_peers is not None:
+            peers = StaticPeers(parse_peers(args.fleet_peers))
+        else:
+            peers = _peer_pods(args.fleet_peer_selector, port, kubernetes, parser)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return FleetSettings(
+        replica_id=args.replica_id or default_replica_id(),
+        peers=peers,
+        host=args.host,
+        port=port,
+        interval=DEFAULT_SYNC_INTERVAL if args.fleet_sync_interval is None else args.fleet_sync_interval,
+        peer_timeout=args.fleet_peer_timeout or DEFAULT_PEER_TIMEOUT,
+    )
+
+
+def _peer_pods(
+    selector: str, port: int, kubernetes: KubernetesSource | None, parser: argparse.ArgumentParser
+) -> PeerPods:
+    """The peers of `--fleet-peer-selector`: pods in the pool's namespace, through the same API server."""
+    if kubernetes is None:
+        parser.error("--fleet-peer-selector needs Kubernetes discovery (--discovery kubernetes --pool-name NAME)")
+    from kvroute.router.datalayer.kubernetes import KubeClient
+    from kvroute.router.datalayer.kubernetes.peers import PeerPods
+    from kvroute.router.fleet.peers import own_pod, parse_selector
+
+    name, ip = own_pod()
+    return PeerPods(
+        KubeClient(kubernetes.cluster),
+        namespace=kubernetes.namespace,
+        selector=parse_selector(selector),
+        port=port,
+        own_name=name,
+        own_ip=ip,
+    )
 
 
 def _kubernetes_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> KubernetesSource | None:

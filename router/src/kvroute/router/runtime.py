@@ -9,6 +9,15 @@ The configuration comes from `config_text` (the built-in default when None); wit
 watched. The scraper's settings (`metrics` section, `scrape_interval` overriding its interval) are read once at
 start: a reload that changes them takes effect at the next start.
 
+With `CoreSettings.fleet`, the core also runs fleet sync (`kvroute.router.fleet`): the Director reports its
+decisions to the peer replicas of the pool and the transport applies theirs, from `start()` to `stop()`.
+
+Plugins in service: while started, the core subscribes to the KV events of the configuration's
+`KVEventsConsumer`s (`datalayer.kvevents.KVEventsService`, following every reload: a consumer carried over keeps
+its subscription), and closes each `Preparer` once it leaves service (a reload that dropped it, or `stop`). A
+KV events address that cannot be bound fails `start`; on a reload it is logged, the new configuration serving
+without those events.
+
 Readiness, for every door's health answer: at least one endpoint has fresh metrics (a configuration is always
 loaded once the core exists).
 """
@@ -17,18 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvroute.router.config.builder import Registry
+import zmq
+
+from kvroute.router.config.builder import LoadedConfig, Registry
 from kvroute.router.config.reload import ConfigHolder
+from kvroute.router.datalayer.kvevents import KVEventsService
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.datalayer.scraper import MetricsScraper
-from kvroute.router.framework import Endpoint
+from kvroute.router.fleet.sync import FleetSync
+from kvroute.router.fleet.transport import FleetSettings, FleetTransport
+from kvroute.router.framework import Endpoint, KVEventsConsumer, Preparer
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES, Director
 from kvroute.router.requestcontrol.endpoints import forget_removed_endpoints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class CoreSettings:
     config_path: str | None = None
     scrape_interval: float | None = None  # None: the configuration's metrics.scrapeInterval
     watch_interval: float = 1.0  # seconds between checks of config_path; 0 disables watching
+    fleet: FleetSettings | None = None  # fleet sync with the pool's other router replicas; None: off
 
 
 def not_ready_reason(pool: EndpointPool) -> str | None:
@@ -63,7 +81,19 @@ class RouterCore:
         self.metrics = RouterMetrics()
         self.holder = ConfigHolder.load(registry, config_text, metrics=self.metrics)
         self.pool = EndpointPool(endpoints)
-        self.director = Director(self.holder, self.pool, self.metrics, max_body_bytes=self.settings.max_body_bytes)
+        self.fleet: FleetSync | None = None
+        self.fleet_transport: FleetTransport | None = None
+        fleet = self.settings.fleet
+        if fleet is not None:
+            holder = self.holder
+            self.fleet = FleetSync(
+                fleet.replica_id, lambda: holder.current, self.pool.by_id, peer_timeout=fleet.peer_timeout
+            )
+            self.fleet_transport = FleetTransport(self.fleet, fleet)
+            self.metrics.register_fleet(self.fleet_transport.stats)
+        self.director = Director(
+            self.holder, self.pool, self.metrics, max_body_bytes=self.settings.max_body_bytes, fleet=self.fleet
+        )
         forget_removed_endpoints(self.pool, self.holder, self.metrics)
         spec = self.holder.current.metrics
         self.scraper = MetricsScraper(
@@ -74,12 +104,31 @@ class RouterCore:
             default_engine=spec.engine,
         )
         self._watch: asyncio.Task[None] | None = None
+        self.kv_events = KVEventsService(self.pool, self.metrics)
+        self._in_service = self.holder.current  # the configuration whose plugins are in service
+        self._started = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.holder.subscribe(self._on_reload)
 
     def not_ready_reason(self) -> str | None:
         return not_ready_reason(self.pool)
 
     async def start(self) -> None:
         await self.scraper.start()
+        try:
+            await self.kv_events.apply(self._in_service.kv_events_consumers)
+        except BaseException:
+            await self.kv_events.stop()
+            await self.scraper.stop()
+            raise
+        if self.fleet_transport is not None:
+            try:
+                await self.fleet_transport.start()
+            except BaseException:
+                await self.kv_events.stop()
+                await self.scraper.stop()
+                raise
+        self._started = True
         settings = self.settings
         if settings.config_path is not None and settings.watch_interval > 0:
             self._watch = asyncio.get_running_loop().create_task(
@@ -92,7 +141,42 @@ class RouterCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
             self._watch = None
+        if self.fleet_transport is not None:
+            await self.fleet_transport.stop()
+        self._started = False
+        for task in list(self._background):
+            await task
+        await self.kv_events.stop()
+        for preparer in self._in_service.preparers:
+            await _close(preparer)
         await self.scraper.stop()
+
+    def _on_reload(self, config: LoadedConfig) -> None:
+        previous, self._in_service = self._in_service, config
+        if not self._started:
+            return
+        self._in_background(self._subscribe(config.kv_events_consumers))
+        for preparer in previous.preparers:
+            if preparer not in config.preparers:
+                self._in_background(_close(preparer))
+
+    def _in_background(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _subscribe(self, consumers: Sequence[KVEventsConsumer]) -> None:
+        try:
+            await self.kv_events.apply(consumers)
+        except zmq.ZMQError as exc:
+            log.error("cannot subscribe to the KV events of the new configuration: %s", exc)
+
+
+async def _close(preparer: Preparer) -> None:
+    try:
+        await preparer.close()
+    except Exception:
+        log.exception("closing preparer %r failed", preparer.name)
 
 
 class FrontDoor(Protocol):

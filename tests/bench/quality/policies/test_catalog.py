@@ -25,6 +25,7 @@ ORDER = [
     "dynamo",
     "oracle",
     "kvroute",
+    "kvroute-precise",
 ]
 
 

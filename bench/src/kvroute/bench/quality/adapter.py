@@ -32,6 +32,7 @@ from kvroute.bench.quality.policies.base import Policy
 from kvroute.bench.quality.workloads import Fleet
 from kvroute.router.config.builder import Registry
 from kvroute.router.config.loader import load_config
+from kvroute.router.fleet.sync import FleetSync
 from kvroute.router.framework import (
     ApiKind,
     CycleState,
@@ -94,6 +95,13 @@ class SchedulerPolicy(Policy):
         self.endpoints = endpoints_for(fleet)
         self._index = {e.id: i for i, e in enumerate(self.endpoints)}
         self._in_flight: dict[str, _InFlight] = {}
+        self.sync: FleetSync | None = None  # set when replicas share their decisions (`join_fleet`)
+
+    def join_fleet(self, replica_id: str) -> FleetSync:
+        """Share this replica's decisions with peers (`kvroute.router.fleet.sync`), as `--fleet-peers` does."""
+        by_id = {e.id: e for e in self.endpoints}
+        self.sync = FleetSync(replica_id, lambda: self.config, lambda: by_id)
+        return self.sync
 
     def on_tick(self, engines: Sequence[EngineView], now: float) -> None:
         for endpoint, view in zip(self.endpoints, engines, strict=True):
@@ -116,6 +124,8 @@ class SchedulerPolicy(Policy):
         result = config.scheduler.schedule(llm_request, self.endpoints, state)
         for hook in config.pre_request:
             hook.pre_request(state, llm_request, result)
+        if self.sync is not None:
+            self.sync.scheduled(config, state, llm_request, result)
         target = result.endpoints[0]
         response = ResponseInfo(status=200, headers=_STREAM_HEADERS)
         for response_hook in config.response_hooks:
@@ -131,6 +141,8 @@ class SchedulerPolicy(Policy):
         flight.response.output_tokens += new_tokens
         for hook in self.config.response_hooks:
             hook.on_response_chunk(flight.state, flight.request, flight.endpoint, flight.response, new_tokens)
+        if self.sync is not None:
+            self.sync.progress(record.request_id, flight.response.output_tokens)
 
     def on_finish(self, record: RequestRecord, now: float) -> None:
         flight = self._in_flight.pop(record.request_id)
@@ -140,6 +152,8 @@ class SchedulerPolicy(Policy):
         response.cached_tokens = record.cached_tokens
         for hook in self.config.response_hooks:
             hook.on_response_complete(flight.state, flight.request, flight.endpoint, response)
+        if self.sync is not None:
+            self.sync.completed(record.request_id)
 
     @property
     def in_flight(self) -> int:

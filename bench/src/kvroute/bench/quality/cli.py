@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kvroute.bench.quality.policies.catalog import POLICIES, select
+from kvroute.bench.quality.policies.catalog import POLICIES, select, with_replicas
 from kvroute.bench.quality.report import markdown, write_all
 from kvroute.bench.quality.runner import run
 from kvroute.bench.quality.workloads import WORKLOADS_DIR, WorkloadError, resolve
@@ -34,6 +34,12 @@ def register(sub: Any) -> None:
         default="all",
         help=f"all, or comma-separated names ({', '.join(POLICIES)}) and EndpointPickerConfig YAML paths",
     )
+    parser.add_argument(
+        "--replicas",
+        default="1",
+        help="comma-separated router replica counts, e.g. 1,2,4,8: every policy also runs as a fleet of that many "
+        "replicas each seeing 1/N of the traffic (NAME@N), kvroute's also with fleet sync (NAME@N+sync); default 1",
+    )
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--out", default="quality-results", help="output directory (default quality-results)")
     parser.add_argument("--workloads-dir", type=Path, default=WORKLOADS_DIR, help="where workload names are found")
@@ -43,10 +49,20 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run_command)
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"--replicas: not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--replicas: counts must be 1 or more: {text!r}")
+    return sorted(set(counts))
+
+
 def run_command(args: argparse.Namespace) -> int:
     try:
         specs = resolve(args.workloads, args.workloads_dir)
-        policies = select(args.policies)
+        policies = with_replicas(select(args.policies), _counts(args.replicas))
     except (WorkloadError, ValueError) as exc:
         print(f"kvroute bench quality: {exc}", file=sys.stderr)
         return 2

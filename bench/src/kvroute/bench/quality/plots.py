@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg"): the backend must be chosen first
 from matplotlib.axes import Axes
 
+from kvroute.bench.quality.report import is_fleet
+
 _METADATA = {"Software": None}  # no matplotlib version in the file
 
 
@@ -35,7 +37,7 @@ def _grid(count: int) -> tuple[Any, list[Axes]]:
 
 def _bars(results: Mapping[str, Any], keys: Sequence[tuple[str, str]], title: str, path: Path, *, log: bool) -> Path:
     workloads = list(results["results"])
-    policies = list(results["policies"])
+    policies = [p for p in results["policies"] if not is_fleet(p)]
     figure, axes = _grid(len(workloads))
     width = 0.8 / len(keys)
     for ax, workload in zip(axes, workloads, strict=True):
@@ -60,7 +62,7 @@ def _bars(results: Mapping[str, Any], keys: Sequence[tuple[str, str]], title: st
 
 def _load(results: Mapping[str, Any], path: Path) -> Path:
     workloads = list(results["results"])
-    policies = list(results["policies"])
+    policies = [p for p in results["policies"] if not is_fleet(p)]
     figure, axes = _grid(len(workloads))
     for ax, workload in zip(axes, workloads, strict=True):
         roles = results["workloads"][workload]["spec"]["fleet"]

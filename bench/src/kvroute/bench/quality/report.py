@@ -2,11 +2,14 @@
 
 The JSON holds no timestamp, wall time or host detail: the same command and seed give the same bytes.
 
-Verdicts compare kvroute with the best peer (every policy but kvroute and the oracle) on TTFT p90:
+Verdicts compare kvroute with the best peer (every policy but kvroute's and the oracle) on TTFT p90:
 
 - `win`: more than `TIE_RATIO` (5%) and more than `TIE_ABS_S` (10 ms, about one engine step) lower;
 - `tie`: within 5% or within 10 ms;
 - `loss`: more than 5% and more than 10 ms higher.
+
+Fleet runs (`NAME@N`, `NAME@N+sync`: N router replicas) are left out of the main table and the verdict; they get
+a table of their own, TTFT p90 by replica count and its ratio to the single router.
 """
 
 from __future__ import annotations
@@ -38,11 +41,29 @@ def write_json(results: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def is_fleet(policy: str) -> bool:
+    return "@" in policy
+
+
+def is_peer(policy: str) -> bool:
+    """Another router's policy: not kvroute's own (any variant), not the oracle, not a fleet run."""
+    return not policy.startswith(KVROUTE) and policy != ORACLE and not is_fleet(policy)
+
+
+def fleet_of(policy: str) -> tuple[str, int, bool]:
+    """(the single-router policy, replicas, with fleet sync) of a policy name."""
+    base, _, count = policy.rpartition("@")
+    if not base:
+        return policy, 1, False
+    sync = count.endswith("+sync")
+    return base, int(count.removesuffix("+sync")), sync
+
+
 def verdict(per_policy: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, float] | None:
     """(win | tie | loss, best peer, kvroute p90 / best peer p90), or None without kvroute or peers."""
     if KVROUTE not in per_policy:
         return None
-    peers = {p: m["ttft_p90_s"] for p, m in per_policy.items() if p not in (KVROUTE, ORACLE)}
+    peers = {p: m["ttft_p90_s"] for p, m in per_policy.items() if is_peer(p)}
     peers = {p: v for p, v in peers.items() if v is not None}
     ours = per_policy[KVROUTE]["ttft_p90_s"]
     if not peers or ours is None:
@@ -79,7 +100,7 @@ def markdown(results: Mapping[str, Any], out: str) -> str:
         "## TTFT p90 (s) by workload and policy",
         "",
     ]
-    policies = list(results["policies"])
+    policies = [p for p in results["policies"] if not is_fleet(p)]
     with_verdict = KVROUTE in policies
     header = ["workload", *policies] + (["kvroute vs best peer"] if with_verdict else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -96,6 +117,7 @@ def markdown(results: Mapping[str, Any], out: str) -> str:
             cells.append("-" if found is None else f"{found[0]} ({found[2]:.2f}x {found[1]})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bold: the lowest TTFT p90 apart from the oracle.", ""]
+    lines += fleet_table(results)
     for workload, per_policy in results["results"].items():
         info = results["workloads"][workload]
         fleet = f"{info['engines']} x {info['profile']}, {info['num_gpu_blocks']:,} KV blocks each"
@@ -115,6 +137,43 @@ def markdown(results: Mapping[str, Any], out: str) -> str:
             lines.append(f"| {policy} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def fleet_table(results: Mapping[str, Any]) -> list[str]:
+    """TTFT p90 by replica count, per workload and policy (with and without fleet sync); empty without fleets."""
+    names = list(results["policies"])
+    if not any(is_fleet(p) for p in names):
+        return []
+    counts = sorted({fleet_of(p)[1] for p in names})
+    rows: list[tuple[str, bool]] = []
+    for p in names:
+        base, _, sync = fleet_of(p)
+        if (base, sync) not in rows:
+            rows.append((base, sync))
+    lines = [
+        "## Router fleet: TTFT p90 (s) by replicas",
+        "",
+        "N replicas each route 1/N of the requests; in parentheses the ratio to one router. `+sync`: the replicas "
+        "share their decisions (fleet sync).",
+        "",
+        "| workload | policy | " + " | ".join(f"N={n}" for n in counts) + " |",
+        "|---|---|" + "---:|" * len(counts),
+    ]
+    for workload, per_policy in results["results"].items():
+        for base, sync in rows:
+            single = per_policy.get(base, {}).get("ttft_p90_s")
+            cells = []
+            for n in counts:
+                name = base if n == 1 else f"{base}@{n}" + ("+sync" if sync else "")
+                value = per_policy.get(name, {}).get("ttft_p90_s")
+                text = _cell(value, "{:.3f}")
+                if n > 1 and value is not None and single:
+                    text += f" ({value / single:.2f}x)"
+                cells.append(text)
+            label = base + (" +sync" if sync else "")
+            lines.append(f"| {workload} | {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def write_all(results: Mapping[str, Any], out: Path, *, plots: bool = True) -> list[Path]:

@@ -33,6 +33,7 @@ def run_one(workload: Workload, info: PolicyInfo, seed: int) -> dict[str, Any]:
         policy.route,
         listener=policy,
         tick_interval=policy.tick_interval,
+        record_kv_events=policy.needs_kv_events,
     )
     return summarise(result, workload.fleet)
 

@@ -5,6 +5,12 @@ which they watch through the API: a configuration change is a hot reload, never 
 annotation of the Deployment, not of its pod template). Rollouts (image, mode, resources) surge one pod before
 removing one, so a pool always has a ready router. Containers run as non-root on a read-only root filesystem with
 every capability dropped, no privilege escalation and the runtime's default seccomp profile.
+
+With fleet sync (`RouterSpec.syncs_fleet`: more than one replica, unless the profile says otherwise) the replicas
+share their routing state: each publishes on port 9005 and subscribes to the pods of its own Deployment, which it
+finds with `--fleet-peer-selector` (the Deployment's selector labels; the Role already lets it watch pods) and
+tells apart from itself by `POD_NAME` and `POD_IP` from the downward API. The port is not on the Service: peers
+connect pod to pod. Turning sync on or off changes the pod template, so it rolls the routers.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ EXT_PROC_PORT = 9002  # Envoy ext_proc (gRPC)
 HEALTH_PORT = 9003  # gRPC health: services "liveness" and "readiness"
 METRICS_PORT = 9090  # Prometheus, ext-proc mode
 PROXY_PORT = 8080  # OpenAI-compatible API, /healthz, /readyz and /metrics, proxy mode
+FLEET_PORT = 9005  # fleet sync between the router replicas (ZMQ PUB), pod to pod
 RUN_AS = 65532  # an unprivileged uid/gid with no entry in the image's /etc/passwd
 
 DEFAULT_RESOURCES: dict[str, Any] = {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
@@ -35,7 +42,7 @@ def container_ports(mode: str) -> list[tuple[str, int]]:
 
 
 def router_args(pool: Pool, router: RouterSpec) -> list[str]:
-    return [
+    args = [
         "router",
         "--mode",
         router.mode,
@@ -51,6 +58,18 @@ def router_args(pool: Pool, router: RouterSpec) -> list[str]:
         "0.0.0.0",
         "--log-level",
         router.log_level,
+    ]
+    if router.syncs_fleet:
+        peers = ",".join(f"{key}={value}" for key, value in sorted(selector_labels(pool).items()))
+        args += ["--fleet-peer-selector", peers, "--fleet-port", str(FLEET_PORT)]
+    return args
+
+
+def _fleet_env() -> list[dict[str, Any]]:
+    """The pod's name and IP, by which a router leaves itself out of its peers."""
+    return [
+        {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+        for name, path in (("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP"))
     ]
 
 
@@ -77,15 +96,15 @@ def _resources(router: RouterSpec) -> dict[str, Any]:
 def deployment(
     pool: Pool, router: RouterSpec, config_hash: str, *, image: str, image_pull_policy: str = "IfNotPresent"
 ) -> dict[str, Any]:
+    ports = container_ports(router.mode) + ([("fleet-sync", FLEET_PORT)] if router.syncs_fleet else [])
     container: dict[str, Any] = {
         "name": "router",
         "image": image,
         "imagePullPolicy": image_pull_policy,
         "command": ["kvroute"],
         "args": router_args(pool, router),
-        "ports": [
-            {"name": name, "containerPort": port, "protocol": "TCP"} for name, port in container_ports(router.mode)
-        ],
+        **({"env": _fleet_env()} if router.syncs_fleet else {}),
+        "ports": [{"name": name, "containerPort": port, "protocol": "TCP"} for name, port in ports],
         **_probes(router.mode),
         "resources": _resources(router),
         "securityContext": {

@@ -44,8 +44,10 @@ from kvroute.router.config.models import (
 )
 from kvroute.router.framework import (
     Filter,
+    KVEventsConsumer,
     Picker,
     Plugin,
+    Preparer,
     PreRequest,
     ProfileHandler,
     ResponseHook,
@@ -62,6 +64,8 @@ _OTHER_ROLES = (
     (ProfileHandler, "profile handler"),
     (SaturationDetector, "saturation detector"),
     (PreRequest, "pre-request hook"),
+    (Preparer, "preparer"),
+    (KVEventsConsumer, "KV events consumer"),
     (ResponseHook, "response hook"),
 )
 
@@ -76,6 +80,8 @@ class LoadedConfig:
     pre_request: tuple[PreRequest, ...]  # in `plugins` order, whether or not a profile refers to them
     response_hooks: tuple[ResponseHook, ...]
     saturation_detector: SaturationDetector
+    preparers: tuple[Preparer, ...] = ()  # in `plugins` order; empty: requests are scheduled without awaiting
+    kv_events_consumers: tuple[KVEventsConsumer, ...] = ()
 
     @property
     def handler(self) -> ProfileHandler:
@@ -164,6 +170,8 @@ class _Builder:
             pre_request=tuple(p for p in instances if isinstance(p, PreRequest)),
             response_hooks=tuple(p for p in instances if isinstance(p, ResponseHook)),
             saturation_detector=detector,
+            preparers=tuple(p for p in instances if isinstance(p, Preparer)),
+            kv_events_consumers=tuple(p for p in instances if isinstance(p, KVEventsConsumer)),
         )
 
     def instantiate(

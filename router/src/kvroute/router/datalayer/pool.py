@@ -19,8 +19,9 @@ Contract:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from kvroute.router.framework.endpoint import Endpoint
 
@@ -52,6 +53,10 @@ class EndpointPool:
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         return self._by_id.get(endpoint_id)
+
+    def by_id(self) -> Mapping[str, Endpoint]:
+        """The current endpoints by id (read only; a later change of the pool is not reflected)."""
+        return MappingProxyType(self._by_id)
 
     def __len__(self) -> int:
         return len(self._snapshot)

@@ -9,6 +9,10 @@ buffered to its end (Envoy's `request_body_mode` is read from the first message'
 - BUFFERED: the headers are let through at once (Envoy holds them until the body is answered); the body answer
   carries the destination.
 
+When the configuration prepares requests (`Director.preparing`, e.g. tokenizing for the precise prefix scorer),
+the buffered request is left pending (`preparing`) and the caller awaits `route_prepared` for its answers (and any
+trailers answer), which are then exactly those above.
+
 Any other request (another path or method, no body, or `request_body_mode: NONE`) is not scheduled: it goes to
 the next of the candidate endpoints in turn, decided on its headers (e.g. `GET /v1/models`). Other body modes
 cannot route on the body and are answered with a 500 that says so. Errors of the Director (400 bad body, 413,
@@ -59,6 +63,7 @@ class Exchange:
         "_headers",
         "_parts",
         "_passthrough",
+        "_pending",
         "_processor",
         "_request_mode",
         "_response_mode",
@@ -78,6 +83,7 @@ class Exchange:
         self._parts: list[bytes] = []
         self._size = 0
         self._passthrough = False
+        self._pending: tuple[bytes, bool, Sequence[wire.Answer]] | None = None
         self.handle: RequestHandle | None = None
         self._endpoint: Endpoint | None = None
         self._forwarded_at = 0.0
@@ -99,8 +105,9 @@ class Exchange:
         if kind == "response_headers":
             return self._response_headers(message)
         if kind == "request_trailers":
-            answers = _NOTHING if self._passthrough or self.handle is not None else self._route(end_of_stream=False)
-            return (*answers, wire.CONTINUE_REQUEST_TRAILERS)
+            if self._passthrough or self.handle is not None:
+                return (wire.CONTINUE_REQUEST_TRAILERS,)
+            return self._route(end_of_stream=False, after=(wire.CONTINUE_REQUEST_TRAILERS,))
         if kind == "response_trailers":
             self._finish()
             return (wire.CONTINUE_RESPONSE_TRAILERS,)
@@ -166,19 +173,48 @@ class Exchange:
             return self._route(end_of_stream=end_of_stream)
         return _NOTHING
 
-    def _route(self, *, end_of_stream: bool) -> Sequence[wire.Answer]:
+    @property
+    def preparing(self) -> bool:
+        """The request awaits its preparation: the caller awaits `route_prepared` before the next message."""
+        return self._pending is not None
+
+    async def route_prepared(self) -> Sequence[wire.Answer]:
+        """The answers routing the request once the Director prepared and scheduled it."""
+        pending, self._pending = self._pending, None
+        api = self._api
+        if pending is None or api is None:
+            return _NOTHING
+        raw, end_of_stream, after = pending
+        try:
+            handle = await self._processor.director.start_prepared(api, raw, self._headers, self._subset)
+        except RequestError as error:
+            self._api = None
+            return (protocol.immediate(error), *after)
+        return (*self._routed(handle, raw, end_of_stream), *after)
+
+    def _route(self, *, end_of_stream: bool, after: Sequence[wire.Answer] = _NOTHING) -> Sequence[wire.Answer]:
+        """Schedules the buffered request; `after` are answers to send once it is routed. With preparers the
+        request is left pending (`preparing`) and nothing is answered yet."""
         api = self._api
         if api is None:
-            return _NOTHING
+            return after
         parts = self._parts
         raw = parts[0] if len(parts) == 1 else b"".join(parts)
         self._parts = []
-        processor = self._processor
+        director = self._processor.director
+        if director.preparing:
+            self._pending = (raw, end_of_stream, after)
+            return _NOTHING
         try:
-            handle = processor.director.start(api, raw, self._headers, self._subset)
+            handle = director.start(api, raw, self._headers, self._subset)
         except RequestError as error:
             self._api = None
-            return (protocol.immediate(error),)
+            return (protocol.immediate(error), *after)
+        answers = self._routed(handle, raw, end_of_stream)
+        return (*answers, *after) if after else answers
+
+    def _routed(self, handle: RequestHandle, raw: bytes, end_of_stream: bool) -> Sequence[wire.Answer]:
+        processor = self._processor
         self.handle = handle
         self._endpoint = handle.endpoint
         destination = ",".join(e.id for e in handle.endpoints[: processor.max_destinations])

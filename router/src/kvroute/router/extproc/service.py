@@ -1,5 +1,6 @@
 """The gRPC method `envoy.service.ext_proc.v3.ExternalProcessor/Process`: one bidirectional stream per HTTP
-request, each driven by an `Exchange`.
+request, each driven by an `Exchange`. When the configuration prepares requests (`Director.preparing`), the
+exchange leaves the request pending and the service awaits its routing before reading the next message.
 
 The method is registered with a generic handler instead of the generated servicer so that its response
 serializer can take answers already serialised (`wire.serialize`). Whatever ends the stream (Envoy closing it,
@@ -33,6 +34,9 @@ class ExtProcService:
             async for message in messages:
                 for answer in exchange.handle_message(message):
                     yield answer
+                if exchange.preparing:
+                    for answer in await exchange.route_prepared():
+                        yield answer
         except Exception:
             log.exception("ext_proc stream failed")
             raise

@@ -5,12 +5,23 @@ Runners (`scheduling`, `requestcontrol`, `datalayer`) depend on these; plugins i
 
 from kvroute.router.framework.cycle_state import CycleState, StateKey
 from kvroute.router.framework.endpoint import Endpoint, EndpointMetrics, LoraInfo, Role
+from kvroute.router.framework.fleet import FleetShared
+from kvroute.router.framework.kv_events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KVEvent,
+    KVEventsConsumer,
+    KVEventsSubscription,
+)
 from kvroute.router.framework.plugins import (
     EndpointObserver,
     Filter,
     NoEndpointsError,
     Picker,
     Plugin,
+    PreparationFailed,
+    Preparer,
     PreRequest,
     ProfileHandler,
     ResponseHook,
@@ -26,18 +37,27 @@ from kvroute.router.framework.results import (
 )
 
 __all__ = [
+    "AllBlocksCleared",
     "ApiKind",
+    "BlockRemoved",
+    "BlockStored",
     "CycleState",
     "Endpoint",
     "EndpointMetrics",
     "EndpointObserver",
     "Filter",
+    "FleetShared",
+    "KVEvent",
+    "KVEventsConsumer",
+    "KVEventsSubscription",
     "LLMRequest",
     "LoraInfo",
     "NoEndpointsError",
     "Picker",
     "Plugin",
     "PreRequest",
+    "PreparationFailed",
+    "Preparer",
     "ProfileHandler",
     "ProfileResult",
     "ResponseHook",

@@ -137,5 +137,25 @@ class EndpointObserver(Plugin, ABC):
         complete, exactly once, as always."""
 
 
+class Preparer(Plugin, ABC):
+    @abstractmethod
+    async def prepare(self, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
+        """Awaited by the Director before scheduling, after admission, with the request's candidate endpoints; only
+        configurations that contain a Preparer have this step (the others schedule without awaiting anything).
+        It may fill in what scheduling plugins read from the request (e.g. `token_ids`) and must bound its own
+        time. Raising `PreparationFailed` means it could not: the Director counts the failure and schedules
+        anyway, so the plugins relying on it must cope without. Any other exception is logged as a bug and
+        scheduling proceeds the same way."""
+
+    async def close(self) -> None:
+        """Called once when the router stops, or after a reload whose configuration no longer holds this
+        instance; releases what `prepare` opened (connections). `prepare` is not called afterwards by the
+        router, although a request that started before may still be inside it."""
+
+
+class PreparationFailed(Exception):
+    """A `Preparer` could not prepare the request; the message says why."""
+
+
 class NoEndpointsError(Exception):
     """No endpoint is eligible for the request."""

@@ -27,6 +27,9 @@ class LLMRequest:
     stream: bool = False
     cache_hit_threshold: float | None = None
     objective: str | None = None  # x-gateway-inference-objective
+    # The prompt's token ids, when a `Preparer` (or the front door) computed them; scorers that need exact token
+    # ids read them here. None: not known.
+    token_ids: list[int] | None = None
 
 
 @dataclass(slots=True)

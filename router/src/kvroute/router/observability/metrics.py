@@ -7,11 +7,14 @@ which the scheduler's hot path should not pay for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 # From 50 µs (a cache-only pick on a small pool) to 100 ms (something is badly wrong).
 SCHEDULER_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -100,7 +103,45 @@ class RouterMetrics:
         self.config_reloads = Counter(
             "kvroute_config_reloads_total", "Configuration reloads, by result.", ["result"], registry=r
         )
+        self.preparation_failures = Counter(
+            "kvroute_request_preparation_failures_total",
+            "Requests a Preparer could not prepare before scheduling (they were scheduled without).",
+            ["plugin_type", "plugin_name"],
+            registry=r,
+        )
+        self.kv_events = Counter(
+            "kvroute_kv_events_total", "KV events received from engines and applied, by kind.", ["kind"], registry=r
+        )
+        self.kv_event_gaps = Counter(
+            "kvroute_kv_events_sequence_gaps_total",
+            "Gaps in a KV event publisher's sequence numbers (messages lost).",
+            registry=r,
+        )
+        self.kv_event_restarts = Counter(
+            "kvroute_kv_events_publisher_restarts_total",
+            "KV event publishers seen restarting (sequence number going back); their entries were dropped.",
+            registry=r,
+        )
+        self.kv_event_malformed = Counter(
+            "kvroute_kv_events_malformed_messages_total", "KV event messages dropped as malformed.", registry=r
+        )
+        self.kv_event_unknown = Counter(
+            "kvroute_kv_events_unknown_endpoint_messages_total",
+            "KV event messages dropped because their topic names no endpoint of the pool.",
+            registry=r,
+        )
+        self.kv_event_unindexed = Counter(
+            "kvroute_kv_events_unindexed_blocks_total",
+            "Stored blocks a consumer could not index (parent block never seen, no tokens).",
+            registry=r,
+        )
+        self.kv_index_entries = Gauge(
+            "kvroute_kv_index_entries", "Entries held by a KV events consumer's index.", ["plugin_name"], registry=r
+        )
         self._plugin_duration = _Children(self.plugin_duration)
+        self._preparation_failures = _Children(self.preparation_failures)
+        self._kv_events = _Children(self.kv_events)
+        self._kv_index_entries = _Children(self.kv_index_entries)
         self._decisions = _Children(self.decisions)
         self._scheduler_errors = _Children(self.scheduler_errors)
         self._requests = _Children(self.requests)
@@ -141,11 +182,97 @@ class RouterMetrics:
         self._in_flight.remove_where(0, endpoint)
         self._decisions.remove_where(0, endpoint)
 
+    # Request preparation.
+
+    def record_preparation_failure(self, plugin_type: str, plugin_name: str) -> None:
+        self._preparation_failures.get(plugin_type, plugin_name).inc()
+
+    # KV events.
+
+    def record_kv_events(self, kind: str, count: int) -> None:
+        self._kv_events.get(kind).inc(count)
+
+    def record_kv_gap(self) -> None:
+        self.kv_event_gaps.inc()
+
+    def record_kv_restart(self) -> None:
+        self.kv_event_restarts.inc()
+
+    def record_kv_malformed(self) -> None:
+        self.kv_event_malformed.inc()
+
+    def record_kv_unknown_endpoint(self) -> None:
+        self.kv_event_unknown.inc()
+
+    def record_kv_unindexed(self, blocks: int) -> None:
+        self.kv_event_unindexed.inc(blocks)
+
+    def set_kv_index_entries(self, plugin_name: str, entries: int) -> None:
+        self._kv_index_entries.get(plugin_name).set(entries)
+
+    def forget_kv_index(self, plugin_name: str) -> None:
+        """Drops the gauge of a consumer that left the configuration."""
+        self._kv_index_entries.remove_where(0, plugin_name)
+
     # Configuration.
 
     def record_config_reload(self, success: bool) -> None:
         self._config_reloads.get("success" if success else "failure").inc()
 
+    # Fleet sync.
+
+    def register_fleet(self, stats: Callable[[], FleetStats]) -> None:
+        """Expose fleet sync's counters, read from `stats()` at every scrape (nothing is counted twice)."""
+        self.registry.register(_FleetCollector(stats))
+
     def render(self) -> bytes:
         """Text exposition format; serve with `CONTENT_TYPE`."""
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    """Fleet sync's totals since the router started, and its state now."""
+
+    batches_sent: int = 0
+    bytes_sent: int = 0
+    batches_received: int = 0  # from peers, decoded (own batches and malformed ones excluded)
+    batches_malformed: int = 0
+    records_applied: int = 0
+    records_rejected: int = 0
+    sequence_gaps: int = 0
+    peers_expired: int = 0
+    peer_requests_stale: int = 0
+    peers: int = 0  # heard from within the peer timeout
+    peer_addresses: int = 0  # subscribed to
+    peer_requests_open: int = 0
+
+
+_FLEET_COUNTERS = (
+    ("batches_sent", "kvroute_fleet_batches_sent", "Batches of routing records published to the peers."),
+    ("bytes_sent", "kvroute_fleet_sent_bytes", "Bytes of the batches published to the peers."),
+    ("batches_received", "kvroute_fleet_batches_received", "Peers' batches received and decoded."),
+    ("batches_malformed", "kvroute_fleet_batches_malformed", "Messages received that are not fleet batches."),
+    ("records_applied", "kvroute_fleet_records_applied", "Peers' records applied to this router's plugins."),
+    ("records_rejected", "kvroute_fleet_records_rejected", "Peers' records (or plugin values) rejected."),
+    ("sequence_gaps", "kvroute_fleet_sequence_gaps", "Gaps in a peer's batch sequence (batches lost on the way)."),
+    ("peers_expired", "kvroute_fleet_peers_expired", "Peers forgotten after the peer timeout; their requests end."),
+    ("peer_requests_stale", "kvroute_fleet_peer_requests_stale", "Peers' requests ended for lack of news."),
+)
+_FLEET_GAUGES = (
+    ("peers", "kvroute_fleet_peers", "Peers heard from within the peer timeout."),
+    ("peer_addresses", "kvroute_fleet_peer_addresses", "Peer addresses subscribed to (from discovery)."),
+    ("peer_requests_open", "kvroute_fleet_peer_requests_open", "Peers' requests in flight, as known here."),
+)
+
+
+class _FleetCollector(Collector):
+    def __init__(self, stats: Callable[[], FleetStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        for field, name, documentation in _FLEET_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(stats, field))
+        for field, name, documentation in _FLEET_GAUGES:
+            yield GaugeMetricFamily(name, documentation, value=getattr(stats, field))

@@ -24,6 +24,7 @@ from kvroute.router.plugins.scorers.kv_cache_utilization import KVCacheUtilizati
 from kvroute.router.plugins.scorers.load_aware import LoadAwareScorer
 from kvroute.router.plugins.scorers.lora_affinity import LoraAffinityScorer
 from kvroute.router.plugins.scorers.no_hit_lru import NoHitLRUScorer
+from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
 from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
 from kvroute.router.plugins.scorers.queue import QueueScorer
 from kvroute.router.plugins.scorers.running_requests import RunningRequestsSizeScorer
@@ -42,6 +43,7 @@ REGISTRY: dict[str, type[Plugin]] = {
     "prefill-filter": PrefillFilter,
     # scorers
     "prefix-cache-scorer": PrefixCacheScorer,
+    "precise-prefix-cache-scorer": PrecisePrefixCacheScorer,
     "no-hit-lru-scorer": NoHitLRUScorer,
     "active-blocks-scorer": ActiveBlocksScorer,
     "queue-scorer": QueueScorer,

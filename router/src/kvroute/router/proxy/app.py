@@ -104,7 +104,10 @@ class ProxyHandlers:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise director.refuse(api, too_large(director.max_body_bytes)) from None
-            handle = director.start(api, raw, request.headers.items())
+            if director.preparing:
+                handle = await director.start_prepared(api, raw, request.headers.items())
+            else:
+                handle = director.start(api, raw, request.headers.items())
         except RequestError as exc:
             return error_response(exc)
         outcome = _Outcome()

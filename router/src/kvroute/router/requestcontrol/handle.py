@@ -134,6 +134,9 @@ class RequestHandle:
                 hook.on_response_chunk(self.state, self.request, endpoint, self.response, new_tokens)
             except Exception:
                 log.exception("response hook %r failed on a chunk of request %s", hook.name, self.request.request_id)
+        fleet = self._director.fleet
+        if fleet is not None and new_tokens > 0:
+            fleet.progress(self.request.request_id, self.response.output_tokens)
 
     def complete(self, error: str | None = None, *, status: int | None = None) -> None:
         """Ends the request: every response hook's `on_response_complete` runs once; later calls do nothing.
@@ -166,6 +169,9 @@ class RequestHandle:
                 hook.on_response_complete(self.state, self.request, self._answered, response)
             except Exception:
                 log.exception("response hook %r failed to complete request %s", hook.name, self.request.request_id)
+        fleet = self._director.fleet
+        if fleet is not None:
+            fleet.completed(self.request.request_id)
         self._move_gauge(None)
 
     def _move_gauge(self, endpoint: Endpoint | None) -> None:

@@ -14,6 +14,10 @@ that stage finishes, on the decode engine with the `kv_transfer_params` it retur
 decode engine receives the KV of the prompt tokens it lacks over the network instead of computing them). TTFT and
 the listener's token callbacks belong to the decode stage only.
 
+With `record_kv_events`, the engines record their KV-cache events (as a vLLM engine publishes them) and the
+listener's `on_kv_events` receives each step's events at the step's start, when the engine scheduled (and so
+cached) the blocks.
+
 With `tick_interval`, the listener's `on_tick` runs at time 0 and every `tick_interval` seconds while anything
 else is scheduled, before any other event of the same instant: a router's periodic metrics scrape.
 
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvroute.simulator.engine.engine import Engine
+from kvroute.simulator.engine.kv_events import KVEvent
 from kvroute.simulator.engine.profiles import Profile
 from kvroute.simulator.engine.request import EngineRequest, RequestOutput
 
@@ -122,6 +127,9 @@ class HarnessListener:
     def on_tick(self, engines: Sequence[EngineView], now: float) -> None:
         """Periodic, with `simulate(..., tick_interval=...)`: e.g. a metrics scrape of every engine."""
 
+    def on_kv_events(self, engine: int, events: Sequence[KVEvent], now: float) -> None:
+        """With `simulate(..., record_kv_events=True)`: the KV-cache events of one engine step, in order."""
+
 
 @dataclass
 class SimulationResult:
@@ -146,12 +154,18 @@ def simulate(
     listener: HarnessListener | None = None,
     global_cache_hit_threshold: float | None = None,
     tick_interval: float | None = None,
+    record_kv_events: bool = False,
 ) -> SimulationResult:
     """Run `workload` through one engine per profile, routed by `policy`; returns one record per request."""
     if tick_interval is not None and tick_interval <= 0:
         raise ValueError("tick_interval must be positive")
     engines = [
-        Engine(p, engine_id=f"engine-{i}", global_cache_hit_threshold=global_cache_hit_threshold)
+        Engine(
+            p,
+            engine_id=f"engine-{i}",
+            global_cache_hit_threshold=global_cache_hit_threshold,
+            record_kv_events=record_kv_events,
+        )
         for i, p in enumerate(profiles)
     ]
     views = [EngineView(i, e) for i, e in enumerate(engines)]
@@ -210,6 +224,10 @@ def simulate(
         while engine.has_work():
             result = engine.step(at)
             steps[index] += 1
+            if record_kv_events:
+                events = engine.drain_kv_events()
+                if events:
+                    listener.on_kv_events(index, events, at)
             if result.duration > 0:
                 pending_outputs[index] = result.outputs
                 busy[index] = True

@@ -23,6 +23,7 @@ from kvroute.simulator.des.harness import EngineView, HarnessListener, RequestRe
 
 class Policy(HarnessListener, ABC):
     tick_interval: float | None = None
+    needs_kv_events = False  # the engines must record their KV events for this policy (`on_kv_events`)
 
     @abstractmethod
     def route(self, request: WorkloadRequest, engines: Sequence[EngineView], now: float) -> int | Route:

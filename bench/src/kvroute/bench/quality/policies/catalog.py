@@ -2,11 +2,13 @@
 
 A policy is built fresh for each run from the workload's fleet and the run's seed. Policies given as a path to
 an `EndpointPickerConfig` file (`--policies mine.yaml`) run through kvroute's scheduler under the file's stem.
+`NAME@N` is policy NAME run as a fleet of N router replicas, each seeing 1/N of the traffic (`fleet`), and
+`NAME@N+sync` the same with kvroute's fleet sync between the replicas (policies on kvroute's scheduler only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from kvroute.bench.quality.adapter import SchedulerPolicy
 from kvroute.bench.quality.policies import configs
 from kvroute.bench.quality.policies.base import Disaggregated, Policy
 from kvroute.bench.quality.policies.dynamo import Dynamo
+from kvroute.bench.quality.policies.fleet import RouterFleet, replica_seed
 from kvroute.bench.quality.policies.oracle import Oracle
-from kvroute.bench.quality.policies.precise import PreciseSchedulerPolicy
+from kvroute.bench.quality.policies.precise import KVEventsSchedulerPolicy
 from kvroute.bench.quality.policies.sglang import SGLangCacheAware
 from kvroute.bench.quality.workloads import Fleet
 from kvroute.router.config.recommended import recommended_config_text
@@ -28,12 +31,12 @@ class PolicyInfo:
     name: str
     summary: str
     make: Factory
-    path: str | None = None  # the configuration file of a policy given as one
+    spec: str | None = None  # what `lookup` was given, when not the name: a configuration file, `NAME@N`
 
     @property
     def key(self) -> str:
         """What `lookup` takes to find this policy again (in another process)."""
-        return self.path or self.name
+        return self.spec or self.name
 
 
 def _recipe(recipe: configs.Recipe) -> Factory:
@@ -56,7 +59,13 @@ def _gie(fleet: Fleet, seed: int) -> Policy:
 
 
 def _precise(fleet: Fleet, seed: int) -> Policy:
-    return PreciseSchedulerPolicy(configs.LLMD_PRECISE.document(disaggregated=fleet.disaggregated), fleet, seed)
+    document = configs.LLMD_PRECISE.document(disaggregated=fleet.disaggregated)
+    return KVEventsSchedulerPolicy(configs.with_precise_prefix(document), fleet, seed)
+
+
+def _kvroute_precise(fleet: Fleet, seed: int) -> Policy:
+    document = recommended_config_text(disaggregated=fleet.disaggregated)
+    return KVEventsSchedulerPolicy(configs.with_precise_prefix(document), fleet, seed)
 
 
 def _kvroute(fleet: Fleet, seed: int) -> Policy:
@@ -80,12 +89,19 @@ POLICIES: dict[str, PolicyInfo] = {
         PolicyInfo("dynamo", "cost = prefill + decode blocks, KV events, T=0", _per_pool(Dynamo)),
         PolicyInfo("oracle", "true cache and queues, min predicted TTFT", _per_pool(Oracle)),
         PolicyInfo("kvroute", "kvroute's recommended configuration", _kvroute),
+        PolicyInfo("kvroute-precise", "kvroute's recommended configuration, prefix from KV events", _kvroute_precise),
     )
 }
 
 
 def lookup(key: str) -> PolicyInfo:
-    """A policy by name, or a configuration file (a key ending in .yaml / .yml, or containing a slash)."""
+    """A policy by name, or a configuration file (a key ending in .yaml / .yml, or containing a slash), either
+    optionally followed by `@N`: that policy as a fleet of N replicas."""
+    base, at, count = key.rpartition("@")
+    sync = count.endswith("+sync")
+    count = count.removesuffix("+sync")
+    if at and count.isdigit() and base:
+        return as_fleet(lookup(base), int(count), sync=sync)
     if key in POLICIES:
         return POLICIES[key]
     if not key.endswith((".yaml", ".yml")) and "/" not in key:
@@ -96,8 +112,37 @@ def lookup(key: str) -> PolicyInfo:
     except OSError as exc:
         raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
     return PolicyInfo(
-        path.stem, f"config file {path.name}", lambda fleet, seed: SchedulerPolicy(text, fleet, seed), path=key
+        path.stem, f"config file {path.name}", lambda fleet, seed: SchedulerPolicy(text, fleet, seed), spec=key
     )
+
+
+def as_fleet(info: PolicyInfo, replicas: int, *, sync: bool = False) -> PolicyInfo:
+    """`info` run by `replicas` router replicas, sharing their decisions with `sync` (`@1` is the policy)."""
+    suffix = f"@{replicas}" + ("+sync" if sync else "")
+    if replicas < 1:
+        raise ValueError(f"{info.name}{suffix}: a fleet has at least one replica")
+    if replicas == 1 and not sync:
+        return info
+
+    def make(fleet: Fleet, seed: int) -> Policy:
+        return RouterFleet(replicas, lambda k: info.make(fleet, replica_seed(seed, k)), sync=sync)
+
+    summary = f"{info.summary}; {replicas} replicas" + (" with fleet sync" if sync else "")
+    return PolicyInfo(info.name + suffix, summary, make, spec=info.key + suffix)
+
+
+SYNCED = ("kvroute",)  # policies whose replicas run with fleet sync, as kvroute's fleet is deployed
+
+
+def with_replicas(policies: Sequence[PolicyInfo], replicas: Sequence[int]) -> list[PolicyInfo]:
+    """Each policy at each replica count (1 is the policy itself); kvroute's also with fleet sync."""
+    expanded: list[PolicyInfo] = []
+    for info in policies:
+        for count in replicas:
+            expanded.append(as_fleet(info, count))
+            if count > 1 and info.name.startswith(SYNCED):
+                expanded.append(as_fleet(info, count, sync=True))
+    return expanded
 
 
 def select(selection: str) -> list[PolicyInfo]:

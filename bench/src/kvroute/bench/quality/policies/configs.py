@@ -66,9 +66,25 @@ LLMD_BLEND = Recipe(
     )
 )
 # llm-d's "precise" configuration of its 73%-capacity benchmark (reference/llmd.md, 5(a)).
-LLMD_PRECISE = Recipe(
-    (("precise-prefix-cache-scorer", 3.0), ("kv-cache-utilization-scorer", 2.0), ("queue-scorer", 2.0))
-)
+# Its precise scorer is written as `prefix-cache-scorer` and swapped for the precise one (`with_precise_prefix`).
+LLMD_PRECISE = Recipe((("prefix-cache-scorer", 3.0), ("kv-cache-utilization-scorer", 2.0), ("queue-scorer", 2.0)))
+
+
+# The precise scorer as the harness runs it: events arrive through `on_kv_events` (no socket is opened, the
+# subscription is never started), prompts are tokenized like the simulator does.
+PRECISE_PARAMETERS: dict[str, Any] = {"kvEvents": {"endpointPort": 5557}, "tokenizer": "estimate"}
+
+
+def with_precise_prefix(document: str) -> str:
+    """`document` with its approximate `prefix-cache-scorer` replaced by `precise-prefix-cache-scorer` under the
+    same name, so the plugins that read its match info (no-hit-lru, token-load, active-blocks, P/D) still do."""
+    parsed = yaml.safe_load(document)
+    for plugin in parsed["plugins"]:
+        if plugin["type"] == "prefix-cache-scorer":
+            plugin["name"] = plugin.get("name", plugin["type"])
+            plugin["type"] = "precise-prefix-cache-scorer"
+            plugin["parameters"] = dict(PRECISE_PARAMETERS)
+    return yaml.safe_dump(parsed, sort_keys=False)
 
 
 def gie_default_document(*, disaggregated: bool) -> str:

@@ -13,7 +13,10 @@ Token counts are estimates, four characters per token:
     uncached_tokens(e) = ceil(max(0, prompt_chars - matched_blocks[e] * block_chars) / 4)
 
 which is `prompt_tokens - matched_blocks[e] * block_tokens` whenever the block size is a whole number of tokens.
-A scorer runs once per profile; each run adds its candidates' matches to the same info.
+A scorer that knows the prompt's real tokens (`precise-prefix-cache-scorer`) publishes through `from_tokens`, in
+the same units (`block_chars = 4 * block_tokens`, `prompt_chars = 4 * prompt_tokens`), so every consumer reads its
+exact token counts unchanged. A scorer runs once per profile; each run adds its candidates' matches to the same
+info.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ class PrefixMatchInfo:
     total_blocks: int  # blocks matched against (the prompt's, truncated at the scorer's maximum)
     block_chars: int
     prompt_chars: int  # the whole prompt, not truncated
+
+    @classmethod
+    def from_tokens(
+        cls, matched_blocks: Mapping[str, int], total_blocks: int, block_tokens: int, prompt_tokens: int
+    ) -> PrefixMatchInfo:
+        """The info of a scorer counting in real tokens: blocks of `block_tokens`, a prompt of `prompt_tokens`."""
+        return cls(matched_blocks, total_blocks, block_tokens * CHARS_PER_TOKEN, prompt_tokens * CHARS_PER_TOKEN)
 
     @property
     def block_tokens(self) -> float:

@@ -6,7 +6,8 @@ prompt blocks are added to its target: the chained prefix hashes (shared with `p
 once, plus one request-unique block per prompt block past the hashed prefix (`maxPrefixBlocksToMatch`, 256). Each
 `blockSizeTokens` output tokens (`response.output_tokens`) add one more request-unique block. At
 `on_response_complete` (any outcome) all of the request's blocks are released. Nothing else is kept per endpoint,
-so an endpoint leaving the pool is not forgotten here: its blocks belong to requests still running on it.
+so an endpoint leaving the pool is not forgotten here: its blocks belong to requests still running on it. With
+fleet sync a peer's request adds (and later releases) its blocks here too (`FleetShared`).
 
 For a request of `n` blocks, the cost on endpoint e is Dynamo's:
 
@@ -29,15 +30,17 @@ e.g. Dynamo's example: (prefill, decode) = (8, 10), (5, 5), (2, 9) cost 18, 10, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvroute.router.framework import (
     CycleState,
     Endpoint,
+    FleetShared,
     LLMRequest,
     PreRequest,
     ResponseHook,
@@ -46,6 +49,7 @@ from kvroute.router.framework import (
     Scorer,
     StateKey,
 )
+from kvroute.router.plugins.fleet_values import fields, pack_hashes, unpack_hashes
 from kvroute.router.plugins.prefix.hashing import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -83,7 +87,7 @@ class _Tracked:
     released: bool = False
 
 
-class ActiveBlocksScorer(Scorer, PreRequest, ResponseHook):
+class ActiveBlocksScorer(Scorer, PreRequest, ResponseHook, FleetShared):
     type_name = "active-blocks-scorer"
 
     class Params(BaseModel):
@@ -151,6 +155,20 @@ class ActiveBlocksScorer(Scorer, PreRequest, ResponseHook):
             unique=hashes.total_blocks - len(hashes.hashes),
             prefilling=self._uncached(state.read(self._match_key), [target], hashes.total_blocks)[0],
         )
+        self._add(tracked)
+        state.write(self._tracked_key, tracked)
+
+    def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
+        tracked = state.read(self._tracked_key)
+        if tracked is None or tracked.released:
+            return None
+        return [tracked.endpoint_id, pack_hashes(tracked.hashes), tracked.unique, tracked.prefilling]
+
+    def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
+        endpoint_id, packed, unique, prefilling = fields(shared, str, bytes, int, int)
+        if unique < 0 or prefilling < 0:
+            raise ValueError("negative block counts")
+        tracked = _Tracked(endpoint_id, unpack_hashes(packed), unique, prefilling)
         self._add(tracked)
         state.write(self._tracked_key, tracked)
 

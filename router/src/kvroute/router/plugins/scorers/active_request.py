@@ -33,11 +33,11 @@ from kvroute.router.framework import (
     SchedulingResult,
     Scorer,
 )
-from kvroute.router.plugins.scorers.in_flight import InFlightLedger
+from kvroute.router.plugins.scorers.in_flight import InFlightLedger, LedgerShared
 from kvroute.router.plugins.scorers.normalize import normalize_min_max
 
 
-class ActiveRequestScorer(Scorer, PreRequest, ResponseHook):
+class ActiveRequestScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
     type_name = "active-request-scorer"
 
     class Params(BaseModel):

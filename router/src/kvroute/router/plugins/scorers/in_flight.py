@@ -11,9 +11,12 @@ probe under load) comes back with those requests still on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from kvroute.router.framework import CycleState, StateKey
+from kvroute.router.framework import CycleState, Endpoint, FleetShared, LLMRequest, SchedulingResult, StateKey
+from kvroute.router.plugins.fleet_values import fields
 
 
 @dataclass(slots=True)
@@ -29,7 +32,7 @@ class InFlightLedger:
     def __init__(self, name: str) -> None:
         self._totals: dict[str, int] = {}
         # One key per ledger: two plugin instances must not release each other's charges.
-        self._key: StateKey[_Charge] = StateKey(f"{name}/in-flight")
+        self.key: StateKey[_Charge] = StateKey(f"{name}/in-flight")
 
     def total(self, endpoint_id: str) -> int:
         return self._totals.get(endpoint_id, 0)
@@ -37,11 +40,11 @@ class InFlightLedger:
     def charge(self, state: CycleState, endpoint_id: str, amount: int) -> None:
         """Add `amount` to the endpoint and remember it in `state` (one charge per request and ledger)."""
         self._totals[endpoint_id] = self.total(endpoint_id) + amount
-        state.write(self._key, _Charge(endpoint_id, amount))
+        state.write(self.key, _Charge(endpoint_id, amount))
 
     def release(self, state: CycleState) -> None:
         """Subtract the request's charge if it has one that is not released yet."""
-        charge = state.read(self._key)
+        charge = state.read(self.key)
         if charge is None or charge.released:
             return
         charge.released = True
@@ -50,3 +53,21 @@ class InFlightLedger:
             self._totals[charge.endpoint_id] = remaining
         else:
             self._totals.pop(charge.endpoint_id, None)
+
+
+class LedgerShared(FleetShared):
+    """Fleet sync for a plugin whose per-request state is one `InFlightLedger` charge: peers charge the same."""
+
+    _ledger: InFlightLedger
+
+    def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
+        charge = state.read(self._ledger.key)
+        if charge is None or charge.released:
+            return None
+        return [charge.endpoint_id, charge.amount]
+
+    def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
+        endpoint_id, amount = fields(shared, str, int)
+        if amount < 0:
+            raise ValueError("a negative in-flight charge")
+        self._ledger.charge(state, endpoint_id, amount)

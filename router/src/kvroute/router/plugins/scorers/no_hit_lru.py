@@ -14,13 +14,15 @@ The prefix plugin must therefore come before this scorer in the profile.
 
 Only cold requests update the order: at `pre_request` the targets (primary and, in P/D, prefill) move to most
 recent. At most `lruSize` (1024) endpoints are remembered; the least recent one forgotten counts as never served.
-An endpoint that leaves the pool is forgotten at once (`on_endpoints_removed`).
+An endpoint that leaves the pool is forgotten at once (`on_endpoints_removed`). With fleet sync, a peer's cold
+request moves its targets to most recent here too (`FleetShared`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,17 +30,19 @@ from kvroute.router.framework import (
     CycleState,
     Endpoint,
     EndpointObserver,
+    FleetShared,
     LLMRequest,
     PreRequest,
     SchedulingResult,
     Scorer,
 )
+from kvroute.router.plugins.fleet_values import endpoint_ids
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
 WARM_SCORE = 0.5
 
 
-class NoHitLRUScorer(Scorer, PreRequest, EndpointObserver):
+class NoHitLRUScorer(Scorer, PreRequest, EndpointObserver, FleetShared):
     type_name = "no-hit-lru-scorer"
 
     class Params(BaseModel):
@@ -71,11 +75,22 @@ class NoHitLRUScorer(Scorer, PreRequest, EndpointObserver):
         return {endpoint_id: 1.0 - rank / last for rank, endpoint_id in enumerate(ranked)}
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        if self._is_cold(state.read(self._match_key)):
+            self._touch(endpoint.id for endpoint in prefix_holders(result))
+
+    def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
         if not self._is_cold(state.read(self._match_key)):
-            return
-        for endpoint in prefix_holders(result):
-            self._served.pop(endpoint.id, None)
-            self._served[endpoint.id] = None
+            return None
+        return [endpoint.id for endpoint in prefix_holders(result)]
+
+    def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
+        self._touch(endpoint_id for endpoint_id in endpoint_ids(shared) if endpoint_id in endpoints)
+
+    def _touch(self, served: Iterable[str]) -> None:
+        """Make the endpoints the most recently cold-served, in order."""
+        for endpoint_id in served:
+            self._served.pop(endpoint_id, None)
+            self._served[endpoint_id] = None
         while len(self._served) > self._lru_size:
             self._served.popitem(last=False)
 

@@ -18,12 +18,15 @@ reporting `num_gpu_blocks` keeps that many engine blocks' worth instead,
 `num_gpu_blocks * block_size / blockSizeTokens` (just `num_gpu_blocks` when block sizes agree or the engine's is
 unknown). An endpoint that leaves the pool is forgotten at once (`on_endpoints_removed`), so pods that went away
 hold no memory. GIE's older `hashBlockSize` (characters) is accepted in place of `blockSizeTokens`.
+
+Router replicas with fleet sync share what they record (`FleetShared`): a peer's request records its blocks
+for the same endpoints here, 8 bytes per block on the wire.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,11 +34,13 @@ from kvroute.router.framework import (
     CycleState,
     Endpoint,
     EndpointObserver,
+    FleetShared,
     LLMRequest,
     PreRequest,
     SchedulingResult,
     Scorer,
 )
+from kvroute.router.plugins.fleet_values import endpoint_ids, fields, pack_hashes, unpack_hashes
 from kvroute.router.plugins.prefix.hashing import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -47,7 +52,7 @@ from kvroute.router.plugins.prefix.index import PrefixIndex
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
 
-class PrefixCacheScorer(Scorer, PreRequest, EndpointObserver):
+class PrefixCacheScorer(Scorer, PreRequest, EndpointObserver, FleetShared):
     type_name = "prefix-cache-scorer"
     publishes_state = True  # no-hit-lru, active-blocks and the P/D handler read its match info
 
@@ -114,6 +119,21 @@ class PrefixCacheScorer(Scorer, PreRequest, EndpointObserver):
             return
         for endpoint in prefix_holders(result):
             self._index.record(endpoint.id, hashes, self._capacity_of(endpoint))
+
+    def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
+        hashes = self._hashes(state, request).hashes
+        holders = prefix_holders(result)
+        if not hashes or not holders:
+            return None
+        return [[endpoint.id for endpoint in holders], pack_hashes(hashes)]
+
+    def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
+        holders, packed = fields(shared, list, bytes)
+        hashes = unpack_hashes(packed)
+        for endpoint_id in endpoint_ids(holders):
+            endpoint = endpoints.get(endpoint_id)
+            if endpoint is not None and hashes:
+                self._index.record(endpoint_id, hashes, self._capacity_of(endpoint))
 
     def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
         for endpoint_id in endpoint_ids:

@@ -16,7 +16,8 @@ With in-flight uncached tokens `t_e` and `T` = `queueThresholdTokens` (default 4
     score_e = 1 - min(1, t_e / T)
 
 e.g. with T = 1000, t [0, 250, 1000, 4000] scores [1.0, 0.75, 0.0, 0.0]. The score is absolute, not normalised
-across endpoints. Tokens of other router replicas are not seen.
+across endpoints. Tokens of other router replicas are seen with fleet sync (`FleetShared`: a peer's request
+charges its tokens here too), not otherwise.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from kvroute.router.framework import (
 )
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import prefix_match_key
-from kvroute.router.plugins.scorers.in_flight import InFlightLedger
+from kvroute.router.plugins.scorers.in_flight import InFlightLedger, LedgerShared
 
 
-class TokenLoadScorer(Scorer, PreRequest, ResponseHook):
+class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
     type_name = "token-load-scorer"
 
     class Params(BaseModel):

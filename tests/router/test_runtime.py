@@ -1,0 +1,152 @@
+"""The plugins a `RouterCore` keeps in service: KV events subscriptions across reloads, preparers closed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+
+import msgpack
+import pytest
+import zmq
+
+from kvroute.router.config.builder import Registry
+from kvroute.router.framework import Endpoint
+from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
+from kvroute.router.runtime import RouterCore
+
+HOST = "127.0.12.251"
+ENDPOINT = Endpoint.create("10.0.0.1", 8000)
+
+CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - name: precise
+    type: precise-prefix-cache-scorer
+    parameters: {kvEvents: {bind: "tcp://%(host)s:%(port)d"}, blockSizeTokens: 4}
+  - type: %(other)s
+  - type: stub-preparer
+schedulingProfiles:
+  - name: default
+    plugins: [{pluginRef: precise}, {pluginRef: %(other)s}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def config(port: int, other: str = "queue-scorer") -> str:
+    return CONFIG % {"host": HOST, "port": port, "other": other}
+
+
+class Engine:
+    """A publisher connected to the router's address, storing one more sequence of one block per message."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = zmq.Context.instance().socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(f"tcp://{HOST}:{port}")
+        self.seq = 0
+
+    def store(self) -> None:
+        block = self.seq
+        event = ["BlockStored", [block + 1], None, [block] * 4, 4]
+        payload = msgpack.packb([0.0, [event], 0])
+        self.socket.send_multipart([b"kv@10.0.0.1:8000@m", struct.pack(">Q", self.seq), payload])
+        self.seq += 1
+
+    async def until_indexed(self, entries: Callable[[], int], within: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        start = entries()
+        while entries() <= start:
+            if loop.time() > deadline:
+                raise AssertionError(f"nothing indexed within {within}s")
+            self.store()
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_reload_keeps_an_unchanged_consumer_and_its_subscription(registry: Registry) -> None:
+    port = free_port()
+    core = RouterCore([ENDPOINT], registry, config_text=config(port))
+    await core.start()
+    engine = Engine(port)
+    try:
+        precise = core.holder.current.plugins["precise"]
+        assert isinstance(precise, PrecisePrefixCacheScorer)
+        await engine.until_indexed(precise.kv_index_entries)
+        (subscriber,) = core.kv_events.subscribers
+
+        core.holder.reload_text(config(port, other="kv-cache-utilization-scorer"))
+        await asyncio.sleep(0.1)  # the reload's subscription update runs in the background
+
+        assert core.holder.current.plugins["precise"] is precise
+        assert core.kv_events.subscribers == (subscriber,)
+        await engine.until_indexed(precise.kv_index_entries)
+    finally:
+        engine.close()
+        await core.stop()
+
+
+async def test_a_changed_consumer_moves_to_its_new_subscription(registry: Registry) -> None:
+    old_port, new_port = free_port(), free_port()
+    core = RouterCore([ENDPOINT], registry, config_text=config(old_port))
+    await core.start()
+    engine = Engine(new_port)
+    try:
+        core.holder.reload_text(config(new_port))
+        new_address = f"tcp://{HOST}:{new_port}"
+        await eventually(lambda: [s.subscription.bind for s in core.kv_events.subscribers] == [new_address])
+        precise = core.holder.current.plugins["precise"]
+        assert isinstance(precise, PrecisePrefixCacheScorer)
+        await engine.until_indexed(precise.kv_index_entries)
+    finally:
+        engine.close()
+        await core.stop()
+
+
+async def test_preparers_are_closed_when_dropped_by_a_reload_or_at_stop(registry: Registry) -> None:
+    port = free_port()
+    core = RouterCore([ENDPOINT], registry, config_text=config(port))
+    await core.start()
+    first = core.holder.current.plugins["stub-preparer"]
+
+    core.holder.reload_text(config(port).replace("- type: stub-preparer", "- type: stub-preparer\n    name: other"))
+    await eventually(lambda: first.closed)  # type: ignore[attr-defined]
+    second = core.holder.current.plugins["other"]
+    assert not second.closed  # type: ignore[attr-defined]
+
+    await core.stop()
+    assert second.closed  # type: ignore[attr-defined]
+    assert core.kv_events.subscribers == ()
+
+
+async def test_an_address_that_cannot_be_bound_fails_start(registry: Registry) -> None:
+    port = free_port()
+    taken = zmq.Context.instance().socket(zmq.SUB)
+    taken.bind(f"tcp://{HOST}:{port}")
+    core = RouterCore([ENDPOINT], registry, config_text=config(port))
+    try:
+        with pytest.raises(zmq.ZMQError, match="Address already in use"):
+            await core.start()
+        assert core.kv_events.subscribers == ()
+    finally:
+        taken.close(linger=0)
