@@ -110,7 +110,7 @@ def test_the_fleet_flags_the_operator_passes_watch_the_deployments_pods(monkeypa
         "llm-kvroute-6b7c9-x2x4z",
         "0.0.0.0",
         9005,
-        0.005,
+        0.0,  # sent as soon as the event loop is free
         10.0,
     )
     peers = fleet.peers
