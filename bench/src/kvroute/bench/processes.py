@@ -10,12 +10,14 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -40,6 +42,11 @@ class ManagedProcess:
     log: tempfile._TemporaryFileWrapper[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
+        """Starts the process; refuses when something already listens on its health URL's address, which would
+        otherwise answer the health checks (and the benchmark's traffic) in its place."""
+        url = urlsplit(self.health_url)
+        if url.hostname is not None and _listening(url.hostname, url.port or 80):
+            raise RuntimeError(f"{self.name}: {url.hostname}:{url.port} is already in use by another process")
         self.log = tempfile.NamedTemporaryFile(prefix=f"kvroute-{self.name}-", suffix=".log")  # noqa: SIM115
         self.popen = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -75,6 +82,12 @@ class ManagedProcess:
         if self.log is not None:
             self.log.close()
             self.log = None
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((loopback(host), port)) == 0
 
 
 class ProcessGroup:
