@@ -109,7 +109,9 @@ def test_a_failing_consumer_does_not_stop_the_others(kit: Any, metrics: RouterMe
     assert len(working.received) == 2
 
 
-async def test_central_mode_binds_and_engines_connect(kit: Any, metrics: RouterMetrics, publishers: Any) -> None:
+async def test_central_mode_binds_and_engines_connect(
+    kit: Any, metrics: RouterMetrics, publishers: Any, eventually: Any
+) -> None:
     host = next(kit.hosts)
     subscription = KVEventsSubscription(bind=f"tcp://{host}:{kit.free_port(host)}")
     consumer = kit.consumer("c", subscription)
@@ -128,7 +130,7 @@ async def test_central_mode_binds_and_engines_connect(kit: Any, metrics: RouterM
         for _ in range(3):
             engine_a.send([STORED])
         engine_b.send([["AllBlocksCleared"]])
-        await wait(lambda: len(consumer.received) == 4)
+        await eventually(lambda: len(consumer.received) == 4, within=10.0)
 
         assert [endpoint for endpoint, _, _ in consumer.received].count(A.id) == 3
         assert sample(metrics, "kvroute_kv_events_sequence_gaps_total") == 0
@@ -178,14 +180,3 @@ async def test_an_address_in_use_fails_start(kit: Any, metrics: RouterMetrics) -
             await KVEventsSubscriber(subscription, EndpointPool(), [], metrics).start(retry_for=0.2)
     finally:
         await holder.stop()
-
-
-async def wait(predicate: Any, within: float = 10.0) -> None:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)

@@ -205,12 +205,11 @@ class Director:
             t = time.perf_counter()
             try:
                 await preparer.prepare(request, admitted.candidates)
-            except PreparationFailed as exc:
-                log.debug("preparer %r could not prepare request %s: %s", preparer.name, request.request_id, exc)
-                if metrics is not None:
-                    metrics.record_preparation_failure(preparer.type_name, preparer.name)
-            except Exception:
-                log.exception("preparer %r failed on request %s", preparer.name, request.request_id)
+            except Exception as exc:
+                if isinstance(exc, PreparationFailed):
+                    log.debug("preparer %r could not prepare request %s: %s", preparer.name, request.request_id, exc)
+                else:
+                    log.exception("preparer %r failed on request %s", preparer.name, request.request_id)
                 if metrics is not None:
                     metrics.record_preparation_failure(preparer.type_name, preparer.name)
             if metrics is not None:
