@@ -3,7 +3,7 @@ import random
 import pytest
 from pydantic import BaseModel
 
-from kvroute.router.framework import Filter, Picker, Plugin, ProfileHandler, SaturationDetector, Scorer
+from kvroute.router.framework import DataProducer, Filter, Picker, Plugin, ProfileHandler, SaturationDetector, Scorer
 from kvroute.router.plugins.registry import REGISTRY
 
 DESIGN_CATALOG = {
@@ -59,7 +59,7 @@ def test_every_type_builds_from_its_config_params(type_name: str) -> None:
     cls = REGISTRY[type_name]
     plugin: Plugin = cls(type_name, cls.Params.model_validate(NEED_PARAMS.get(type_name, {})))
     assert plugin.name == type_name
-    assert isinstance(plugin, ProfileHandler | Filter | Scorer | Picker | SaturationDetector)
+    assert isinstance(plugin, ProfileHandler | DataProducer | Filter | Scorer | Picker | SaturationDetector)
 
 
 @pytest.mark.parametrize("type_name", sorted(PICKERS))

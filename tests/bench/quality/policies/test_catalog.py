@@ -8,7 +8,7 @@ from kvroute.bench.quality.adapter import SchedulerPolicy
 from kvroute.bench.quality.generators import Workload
 from kvroute.bench.quality.policies.base import Disaggregated
 from kvroute.bench.quality.policies.catalog import POLICIES, lookup, select
-from kvroute.bench.quality.policies.configs import GIE_DEFAULT, ROUND_ROBIN, gie_default_document
+from kvroute.bench.quality.policies.configs import GIE_DEFAULT, LLMD_OPTIMIZED, ROUND_ROBIN, gie_default_document
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
 from kvroute.router.config.loader import load_config
 from kvroute.router.plugins.registry import REGISTRY
@@ -21,6 +21,7 @@ ORDER = [
     "gie-default",
     "llmd-blend",
     "llmd-precise",
+    "llmd-optimized",
     "sglang-cache-aware",
     "dynamo",
     "oracle",
@@ -56,6 +57,28 @@ def test_a_recipe_on_a_pd_fleet_disaggregates_with_a_picker_per_profile() -> Non
     assert set(built.profiles) == {"decode", "prefill"}
     assert built.profiles["decode"].picker is not built.profiles["prefill"].picker
     assert [f.type_name for f in built.profiles["prefill"].filters] == ["prefill-filter"]
+
+
+def test_llmd_optimized_is_the_optimized_baseline_on_both_fleet_shapes() -> None:
+    built = load_config(LLMD_OPTIMIZED.document(disaggregated=False), REGISTRY)
+    assert [p.type_name for p in built.scheduler.producers] == [
+        "inflight-load-producer",
+        "approx-prefix-cache-producer",
+    ]
+    profile = built.profiles["default"]
+    assert [f.type_name for f in profile.filters] == ["prefix-cache-affinity-filter"]
+    assert [(s.type_name, w) for s, w in profile.scorers] == [("token-load-scorer", 1.0)]
+    assert profile.picker.type_name == "max-score-picker"
+    gate = profile.filters[0].params.model_dump(by_alias=True)
+    assert {k: gate[k] for k in ("affinityThreshold", "maxTokensInFlightPenalty", "maxTTFTPenaltyMs")} == {
+        "affinityThreshold": 0.8,
+        "maxTokensInFlightPenalty": 286_720,
+        "maxTTFTPenaltyMs": 0,
+    }
+    pd = load_config(LLMD_OPTIMIZED.document(disaggregated=True), REGISTRY)
+    for role in ("decode", "prefill"):
+        filters = [f.type_name for f in pd.profiles[role].filters]
+        assert filters == [f"{role}-filter", "prefix-cache-affinity-filter"]
 
 
 @pytest.mark.parametrize("name", ORDER)

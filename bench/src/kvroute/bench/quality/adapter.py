@@ -91,7 +91,8 @@ class SchedulerPolicy(Policy):
     tick_interval = SCRAPE_INTERVAL_S
 
     def __init__(self, config_text: str, fleet: Fleet, seed: int, registry: Registry = REGISTRY) -> None:
-        self.config = load_config(config_text, registry, rng=random.Random(seed))
+        self.now = 0.0  # the harness's virtual time, the clock of plugins that measure latencies
+        self.config = load_config(config_text, registry, rng=random.Random(seed), clock=lambda: self.now)
         self.endpoints = endpoints_for(fleet)
         self._index = {e.id: i for i, e in enumerate(self.endpoints)}
         self._in_flight: dict[str, _InFlight] = {}
@@ -104,10 +105,12 @@ class SchedulerPolicy(Policy):
         return self.sync
 
     def on_tick(self, engines: Sequence[EngineView], now: float) -> None:
+        self.now = now
         for endpoint, view in zip(self.endpoints, engines, strict=True):
             endpoint.metrics = scrape(view, now)
 
     def route(self, request: WorkloadRequest, engines: Sequence[EngineView], now: float) -> int | Route:
+        self.now = now
         model = request.lora_name or MODEL
         llm_request = LLMRequest(
             request_id=request.request_id,
@@ -137,6 +140,7 @@ class SchedulerPolicy(Policy):
         return self._index[target.id]
 
     def on_tokens(self, record: RequestRecord, new_tokens: int, now: float) -> None:
+        self.now = now
         flight = self._in_flight[record.request_id]
         flight.response.output_tokens += new_tokens
         for hook in self.config.response_hooks:
@@ -145,6 +149,7 @@ class SchedulerPolicy(Policy):
             self.sync.progress(record.request_id, flight.response.output_tokens)
 
     def on_finish(self, record: RequestRecord, now: float) -> None:
+        self.now = now
         flight = self._in_flight.pop(record.request_id)
         response = flight.response
         response.finish_reason = record.finish_reason

@@ -4,6 +4,8 @@ The rules, which follow GIE's defaulting and add the errors GIE leaves silent:
 - Plugin names are unique (a name defaults to the type); the type must be in the registry; `parameters` are
   validated by the type's `Params`.
 - A plugin's roles are the framework ABCs it is an instance of; one object may have several.
+- Data producers run once per scheduling cycle, in document order, whether or not anything reads them; a
+  profile cannot refer to one.
 - At most one profile handler.
 - No profiles listed: one `default` profile with every filter, scorer and picker in document order (profile
   handlers and saturation detectors excepted), scorers weighing 1.0.
@@ -19,6 +21,7 @@ The rules, which follow GIE's defaulting and add the errors GIE leaves silent:
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -43,6 +46,8 @@ from kvroute.router.config.models import (
     SchedulingProfileSpec,
 )
 from kvroute.router.framework import (
+    Clock,
+    DataProducer,
     Filter,
     KVEventsConsumer,
     Picker,
@@ -62,6 +67,7 @@ Registry = Mapping[str, type[Plugin]]
 _PROFILE_ROLES = (Filter, Scorer, Picker)
 _OTHER_ROLES = (
     (ProfileHandler, "profile handler"),
+    (DataProducer, "data producer"),
     (SaturationDetector, "saturation detector"),
     (PreRequest, "pre-request hook"),
     (Preparer, "preparer"),
@@ -107,11 +113,15 @@ def build(
     previous: LoadedConfig | None = None,
     metrics: SchedulerMetrics | None = None,
     rng: random.Random | None = None,
+    clock: Clock | None = None,
 ) -> LoadedConfig:
     """Instantiates and wires the plugins of `document`; raises `ConfigError` listing every problem found.
 
-    With `rng`, every picker gets its own generator seeded from it, so a run is reproducible from one seed."""
-    return _Builder(registry, previous.plugins if previous is not None else {}, rng).build(document, metrics)
+    With `rng`, every picker (and plugin that `uses_rng`) gets its own generator seeded from it, so a run is
+    reproducible from one seed.
+    `clock` is the time source of plugins that read the time (`uses_clock`); default `time.monotonic`."""
+    builder = _Builder(registry, previous.plugins if previous is not None else {}, rng, clock or time.monotonic)
+    return builder.build(document, metrics)
 
 
 def publishers_first(scorers: list[tuple[Scorer, float]]) -> tuple[tuple[Scorer, float], ...]:
@@ -124,9 +134,12 @@ def _quoted(names: list[str]) -> str:
 
 
 class _Builder:
-    def __init__(self, registry: Registry, previous: Mapping[str, Plugin], rng: random.Random | None) -> None:
+    def __init__(
+        self, registry: Registry, previous: Mapping[str, Plugin], rng: random.Random | None, clock: Clock
+    ) -> None:
         self.registry = registry
         self.rng = rng
+        self.clock = clock
         self.previous = previous
         self.plugins: dict[str, Plugin] = {}
         self.errors: list[str] = []
@@ -163,9 +176,10 @@ class _Builder:
             raise ConfigError(self.errors)
 
         instances = list(self.plugins.values())
+        producers = tuple(p for p in instances if isinstance(p, DataProducer))
         return LoadedConfig(
             document=document,
-            scheduler=Scheduler(handler, profiles, metrics),
+            scheduler=Scheduler(handler, profiles, metrics, producers),
             plugins=MappingProxyType(self.plugins),
             pre_request=tuple(p for p in instances if isinstance(p, PreRequest)),
             response_hooks=tuple(p for p in instances if isinstance(p, ResponseHook)),
@@ -188,8 +202,10 @@ class _Builder:
             plugin = old
         else:
             extra: dict[str, Any] = {}
-            if self.rng is not None and issubclass(cls, Picker):
+            if self.rng is not None and (issubclass(cls, Picker) or cls.uses_rng):
                 extra["rng"] = random.Random(self.rng.getrandbits(64))
+            if cls.uses_clock:
+                extra["clock"] = self.clock
             try:
                 plugin = cls(name, params, **extra)
             except Exception as exc:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from kvroute.router.config.builder import LoadedConfig, Registry, build
 from kvroute.router.config.errors import ConfigError, validation_messages
 from kvroute.router.config.models import EndpointPickerConfig
+from kvroute.router.framework import Clock
 from kvroute.router.scheduling import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def load_config(
     previous: LoadedConfig | None = None,
     metrics: SchedulerMetrics | None = None,
     rng: random.Random | None = None,
+    clock: Clock | None = None,
 ) -> LoadedConfig:
     """Parses, validates and builds a document. Plugins unchanged from `previous` are carried over as the same
-    instances; `metrics` goes to the scheduler; `rng` seeds the pickers. Raises `ConfigError`."""
-    return build(parse_config(text), registry, previous=previous, metrics=metrics, rng=rng)
+    instances; `metrics` goes to the scheduler; `rng` seeds the pickers; `clock` is the time source of plugins
+    that read the time (default `time.monotonic`). Raises `ConfigError`."""
+    return build(parse_config(text), registry, previous=previous, metrics=metrics, rng=rng, clock=clock)

@@ -3,6 +3,7 @@
 Runners (`scheduling`, `requestcontrol`, `datalayer`) depend on these; plugins implement them.
 """
 
+from kvroute.router.framework.clock import Clock
 from kvroute.router.framework.cycle_state import CycleState, StateKey
 from kvroute.router.framework.endpoint import Endpoint, EndpointMetrics, LoraInfo, Role
 from kvroute.router.framework.fleet import FleetShared
@@ -15,6 +16,7 @@ from kvroute.router.framework.kv_events import (
     KVEventsSubscription,
 )
 from kvroute.router.framework.plugins import (
+    DataProducer,
     EndpointObserver,
     Filter,
     NoEndpointsError,
@@ -41,7 +43,9 @@ __all__ = [
     "ApiKind",
     "BlockRemoved",
     "BlockStored",
+    "Clock",
     "CycleState",
+    "DataProducer",
     "Endpoint",
     "EndpointMetrics",
     "EndpointObserver",

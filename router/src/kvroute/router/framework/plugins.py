@@ -33,6 +33,11 @@ class Plugin:
 
     type_name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = NoParams
+    # True: the constructor takes a keyword argument `clock` (`framework.clock`), given by the config builder.
+    uses_clock: ClassVar[bool] = False
+    # True: the constructor takes a keyword argument `rng` (a `random.Random`), given by the config builder,
+    # seeded from the run's generator when there is one (pickers always take it).
+    uses_rng: ClassVar[bool] = False
 
     def __init__(self, name: str, params: BaseModel) -> None:
         self.name = name
@@ -58,6 +63,16 @@ class ProfileHandler(Plugin, ABC):
     ) -> SchedulingResult:
         """Called once after the last `pick`; names the primary profile and any headers to add to the request.
         Raising `NoEndpointsError` means the request cannot be served (the front door answers 503)."""
+
+
+class DataProducer(Plugin, ABC):
+    @abstractmethod
+    def produce(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
+        """Called once per scheduling cycle, before the profile handler's first `pick`, with every candidate
+        endpoint of the request; producers run in configured order. It publishes in `state` what filters,
+        scorers, the handler and the request hooks of the same cycle read (prefix matches, in-flight load); it
+        neither narrows nor orders the candidates. An exception fails the cycle like any plugin's. A producer
+        is not part of any profile: it runs whenever it is configured."""
 
 
 class Filter(Plugin, ABC):

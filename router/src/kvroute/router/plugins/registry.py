@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kvroute.router.framework import Plugin
 from kvroute.router.plugins.filters.label_selector import ByLabelFilter, ByLabelSelectorFilter, LabelSelectorFilter
+from kvroute.router.plugins.filters.prefix_cache_affinity import PrefixCacheAffinityFilter
 from kvroute.router.plugins.filters.role import DecodeFilter, PrefillFilter
 from kvroute.router.plugins.handlers.pd import PDProfileHandler
 from kvroute.router.plugins.handlers.single import SingleProfileHandler
@@ -17,6 +18,8 @@ from kvroute.router.plugins.pickers.random_picker import RandomPicker
 from kvroute.router.plugins.pickers.round_robin import RoundRobinPicker
 from kvroute.router.plugins.pickers.softmax import SoftmaxPicker
 from kvroute.router.plugins.pickers.weighted_random import WeightedRandomPicker
+from kvroute.router.plugins.producers.approx_prefix_cache import ApproxPrefixCacheProducer
+from kvroute.router.plugins.producers.inflight_load import InFlightLoadProducer
 from kvroute.router.plugins.saturation.utilization import UtilizationDetector
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
@@ -25,6 +28,7 @@ from kvroute.router.plugins.scorers.load_aware import LoadAwareScorer
 from kvroute.router.plugins.scorers.lora_affinity import LoraAffinityScorer
 from kvroute.router.plugins.scorers.no_hit_lru import NoHitLRUScorer
 from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
+from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer
 from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
 from kvroute.router.plugins.scorers.queue import QueueScorer
 from kvroute.router.plugins.scorers.running_requests import RunningRequestsSizeScorer
@@ -41,6 +45,10 @@ REGISTRY: dict[str, type[Plugin]] = {
     "by-label-selector": ByLabelSelectorFilter,
     "decode-filter": DecodeFilter,
     "prefill-filter": PrefillFilter,
+    "prefix-cache-affinity-filter": PrefixCacheAffinityFilter,
+    # data producers
+    "approx-prefix-cache-producer": ApproxPrefixCacheProducer,
+    "inflight-load-producer": InFlightLoadProducer,
     # scorers
     "prefix-cache-scorer": PrefixCacheScorer,
     "precise-prefix-cache-scorer": PrecisePrefixCacheScorer,
@@ -52,6 +60,7 @@ REGISTRY: dict[str, type[Plugin]] = {
     "load-aware-scorer": LoadAwareScorer,
     "active-request-scorer": ActiveRequestScorer,
     "token-load-scorer": TokenLoadScorer,
+    "predicted-latency-scorer": PredictedLatencyScorer,
     "lora-affinity-scorer": LoraAffinityScorer,
     "session-affinity-scorer": SessionAffinityScorer,
     # pickers

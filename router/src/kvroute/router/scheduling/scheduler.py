@@ -1,5 +1,6 @@
 """The scheduling cycle: run the profiles a handler chooses, then let it combine their results.
 
+    each data producer, in order: producer.produce(state, request, candidates)
     loop: profiles = handler.pick(state, request, all_profiles, results_so_far)
           stop when it returns no profile
           for each chosen profile:
@@ -22,6 +23,7 @@ from typing import Protocol
 
 from kvroute.router.framework import (
     CycleState,
+    DataProducer,
     Endpoint,
     Filter,
     LLMRequest,
@@ -38,6 +40,7 @@ from kvroute.router.framework.plugins import NoEndpointsError, Plugin
 Observe = Callable[[float], None]
 
 # Values of the `extension_point` label of the per-plugin latency histogram.
+EP_PRODUCE = "DataProducer.produce"
 EP_PROFILE_PICK = "ProfileHandler.pick"
 EP_PROCESS_RESULTS = "ProfileHandler.process_results"
 EP_FILTER = "Filter.filter"
@@ -91,13 +94,14 @@ class _Plan:
 class Scheduler:
     """Runs scheduling cycles for one configuration; immutable, shared by all requests."""
 
-    __slots__ = ("_metrics", "_observe_pick", "_observe_process", "_plans", "handler", "profiles")
+    __slots__ = ("_metrics", "_observe_pick", "_observe_process", "_plans", "_producers", "handler", "profiles")
 
     def __init__(
         self,
         handler: ProfileHandler,
         profiles: Mapping[str, SchedulingProfile],
         metrics: SchedulerMetrics | None = None,
+        producers: Sequence[DataProducer] = (),
     ) -> None:
         self.handler = handler
         self.profiles: Mapping[str, SchedulingProfile] = MappingProxyType(dict(profiles))
@@ -105,6 +109,11 @@ class Scheduler:
         self._plans = {name: _Plan(profile, self._observer) for name, profile in self.profiles.items()}
         self._observe_pick = self._observer(EP_PROFILE_PICK, handler)
         self._observe_process = self._observer(EP_PROCESS_RESULTS, handler)
+        self._producers = tuple((p, self._observer(EP_PRODUCE, p)) for p in producers)
+
+    @property
+    def producers(self) -> tuple[DataProducer, ...]:
+        return tuple(p for p, _ in self._producers)
 
     def _observer(self, extension_point: str, plugin: Plugin) -> Observe:
         if self._metrics is None:
@@ -145,6 +154,10 @@ class Scheduler:
     def _schedule(self, request: LLMRequest, candidates: Sequence[Endpoint], state: CycleState) -> SchedulingResult:
         if not candidates:
             raise NoEndpointsError("no candidate endpoints")
+        for producer, observe in self._producers:
+            t = perf_counter()
+            producer.produce(state, request, candidates)
+            observe(perf_counter() - t)
         handler = self.handler
         results: dict[str, ProfileResult] = {}
         for _ in range(len(self.profiles) + 1):

@@ -82,6 +82,11 @@ POLICIES: dict[str, PolicyInfo] = {
         PolicyInfo("llmd-blend", "prefix 3, queue 2, kv 2, no-hit-lru 2", _recipe(configs.LLMD_BLEND)),
         PolicyInfo("llmd-precise", "precise prefix (KV events) 3, kv 2, queue 2", _precise),
         PolicyInfo(
+            "llmd-optimized",
+            "prefix affinity filter (0.8, until 286,720 tokens behind), token load",
+            _recipe(configs.LLMD_OPTIMIZED),
+        ),
+        PolicyInfo(
             "sglang-cache-aware",
             "char radix tree, 0.3 / 64 / 1.5, min-load on miss",
             _per_pool(lambda seed: SGLangCacheAware()),

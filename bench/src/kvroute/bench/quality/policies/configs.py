@@ -1,11 +1,13 @@
 """The policies that kvroute's configuration language expresses, as configuration documents.
 
-Each is a scoring recipe (weighted scorers and a picker) rendered into an `EndpointPickerConfig`:
+Each is a scoring recipe (weighted scorers and a picker; optionally filters, data producers and plugin
+parameters) rendered into an `EndpointPickerConfig`:
 
 - one `default` profile on an aggregated fleet;
 - on a P/D fleet, llm-d's disaggregated layout: a `decode` profile (`decode-filter` + the recipe) and a
   `prefill` profile (`prefill-filter` + the recipe), chosen by `pd-profile-handler` with threshold 0, so every
-  request is disaggregated. The scorers (and their state) are shared by both profiles; each has its own picker.
+  request is disaggregated. The filters, scorers and producers (and their state) are shared by both profiles;
+  each has its own picker.
 
 GIE's default is the router's own built-in document; kvroute's is the shipped recommended one
 (`kvroute.router.config.recommended`), so what is benchmarked is exactly what users get.
@@ -13,7 +15,8 @@ GIE's default is the router's own built-in document; kvroute's is the shipped re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -25,17 +28,25 @@ from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
 class Recipe:
     scorers: tuple[tuple[str, float], ...]  # (plugin type, weight)
     picker: str = "max-score-picker"
+    filters: tuple[str, ...] = ()  # plugin types, in profile order (after the role filter on a P/D fleet)
+    producers: tuple[str, ...] = ()  # data producers: configured, in no profile
+    parameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by plugin type
+
+    def _plugin(self, type_name: str) -> dict[str, Any]:
+        parameters = self.parameters.get(type_name)
+        return {"type": type_name} if parameters is None else {"type": type_name, "parameters": dict(parameters)}
 
     def document(self, *, disaggregated: bool) -> str:
-        scorers: list[dict[str, Any]] = [{"type": t} for t, _ in self.scorers]
-        refs: list[dict[str, Any]] = [{"pluginRef": t, "weight": w} for t, w in self.scorers]
+        configured = [self._plugin(t) for t in (*self.producers, *self.filters, *(t for t, _ in self.scorers))]
+        refs: list[dict[str, Any]] = [{"pluginRef": t} for t in self.filters]
+        refs += [{"pluginRef": t, "weight": w} for t, w in self.scorers]
         if not disaggregated:
-            plugins = [*scorers, {"type": self.picker}]
+            plugins = [*configured, {"type": self.picker}]
             profiles = [{"name": "default", "plugins": [*refs, {"pluginRef": self.picker}]}]
         else:
             # One picker per profile: a shared round-robin cursor would advance twice per request and, with
             # pools of even size, visit only every other endpoint of each pool.
-            plugins = [{"type": "decode-filter"}, {"type": "prefill-filter"}, *scorers]
+            plugins = [{"type": "decode-filter"}, {"type": "prefill-filter"}, *configured]
             plugins += [{"name": f"{role}-picker", "type": self.picker} for role in ("decode", "prefill")]
             plugins.append({"type": "pd-profile-handler", "parameters": {"threshold": 0}})
             profiles = [
@@ -68,6 +79,23 @@ LLMD_BLEND = Recipe(
 # llm-d's "precise" configuration of its 73%-capacity benchmark (reference/llmd.md, 5(a)).
 # Its precise scorer is written as `prefix-cache-scorer` and swapped for the precise one (`with_precise_prefix`).
 LLMD_PRECISE = Recipe((("prefix-cache-scorer", 3.0), ("kv-cache-utilization-scorer", 2.0), ("queue-scorer", 2.0)))
+# llm-d's 2026 optimized baseline (llm-d/llm-d guides/optimized-baseline/router/optimized-baseline.values.yaml):
+# sticky to endpoints holding >= 80% of the prompt until the best of them has 286,720 more uncached tokens in
+# flight than the least loaded other endpoint, then the fewest uncached tokens in flight (this request's own
+# included), max-score picker.
+LLMD_OPTIMIZED = Recipe(
+    (("token-load-scorer", 1.0),),
+    filters=("prefix-cache-affinity-filter",),
+    producers=("inflight-load-producer", "approx-prefix-cache-producer"),
+    parameters={
+        "approx-prefix-cache-producer": {"maxPrefixTokensToMatch": 40960},
+        "prefix-cache-affinity-filter": {
+            "affinityThreshold": 0.80,
+            "maxTokensInFlightPenalty": 286720,
+            "maxTTFTPenaltyMs": 0,
+        },
+    },
+)
 
 
 # The precise scorer as the harness runs it: events arrive through `on_kv_events` (no socket is opened, the

@@ -18,6 +18,15 @@ With in-flight uncached tokens `t_e` and `T` = `queueThresholdTokens` (default 4
 e.g. with T = 1000, t [0, 250, 1000, 4000] scores [1.0, 0.75, 0.0, 0.0]. The score is absolute, not normalised
 across endpoints. Tokens of other router replicas are seen with fleet sync (`FleetShared`: a peer's request
 charges its tokens here too), not otherwise.
+
+With an `inflight-load-producer` named `inFlightLoadProducerName` (default "inflight-load-producer") configured,
+the scorer reads llm-d's accounting instead and keeps none of its own: the producer's in-flight tokens on e plus
+this request's uncached tokens there (`InFlightLoad.request_tokens`, from the producer's prefix plugin),
+
+    score_e = 1 - min(1, (inflight_e + uncached_e) / T)
+
+e.g. T = 1000, 200 tokens in flight on A and a 400-character prompt of which A cached 100 characters:
+1 - (200 + 75) / 1000 = 0.725. Without that producer the scorer behaves as above.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from kvroute.router.framework import (
 )
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import prefix_match_key
+from kvroute.router.plugins.producers.inflight_load import InFlightLoadProducer, in_flight_load_key
 from kvroute.router.plugins.scorers.in_flight import InFlightLedger, LedgerShared
 
 
@@ -59,12 +69,19 @@ class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
             alias="prefixPluginName",
             description="Name of the prefix plugin whose match info gives the cached part of the prompt.",
         )
+        in_flight_load_producer_name: str = Field(
+            default=InFlightLoadProducer.type_name,
+            min_length=1,
+            alias="inFlightLoadProducerName",
+            description="Name of the inflight-load-producer to read the load from, when one is configured.",
+        )
 
     def __init__(self, name: str, params: Params | None = None) -> None:
         params = params or self.Params()
         super().__init__(name, params)
         self._threshold = params.queue_threshold_tokens
         self._match_key = prefix_match_key(params.prefix_plugin_name)
+        self._load_key = in_flight_load_key(params.in_flight_load_producer_name)
         self._ledger = InFlightLedger(name)
 
     def in_flight_tokens(self, endpoint_id: str) -> int:
@@ -72,10 +89,18 @@ class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
         return self._ledger.total(endpoint_id)
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
-        return {e.id: 1.0 - min(1.0, self.in_flight_tokens(e.id) / self._threshold) for e in endpoints}
+        threshold = self._threshold
+        load = state.read(self._load_key)
+        if load is not None:
+            tokens = load.tokens.get
+            return {
+                e.id: 1.0 - min(1.0, (tokens(e.id, 0) + load.request_tokens(state, request, e.id)) / threshold)
+                for e in endpoints
+            }
+        return {e.id: 1.0 - min(1.0, self.in_flight_tokens(e.id) / threshold) for e in endpoints}
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
-        if not result.endpoints:
+        if not result.endpoints or state.read(self._load_key) is not None:
             return
         target = result.endpoints[0].id
         info = state.read(self._match_key)

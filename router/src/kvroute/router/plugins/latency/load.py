@@ -1,0 +1,105 @@
+"""The work each endpoint has in flight through this router (and its fleet peers), one request at a time.
+
+A request is charged to one endpoint when it is scheduled and moves through two phases:
+
+- prefilling (until its first output token): its uncached prompt tokens count in `prefill_tokens`, the
+  request in `prefilling`;
+- decoding (until it completes, any outcome): the request counts in `decoding`, and the tokens it attends
+  over (`context_tokens`: its prompt and about half its expected output) in `context_tokens`.
+
+From scheduling to completion it also holds `kv_tokens` of KV cache: its prompt plus its expected output.
+Every transition is idempotent (a `Flight` remembers its phase), so a chunk arriving after completion or a
+second completion changes nothing. An endpoint whose counters all return to zero is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvroute.router.plugins.latency.model import Features
+
+
+@dataclass(slots=True)
+class EndpointLoad:
+    prefill_tokens: int = 0
+    prefilling: int = 0
+    decoding: int = 0
+    context_tokens: int = 0
+    kv_tokens: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return not (self.prefill_tokens or self.prefilling or self.decoding or self.context_tokens or self.kv_tokens)
+
+
+@dataclass(slots=True)
+class Flight:
+    """One request's charge, and what its first token will teach the learner."""
+
+    endpoint_id: str
+    own_tokens: int  # uncached prompt tokens
+    context_tokens: int
+    kv_tokens: int
+    features: Features  # of its predicted TTFT (`model.ttft_features`), at scheduling
+    scheduled_at: float
+    learn: bool  # False for a peer's request: its timings reach this router late
+    last_chunk_at: float = 0.0
+    decoding: bool = False
+    done: bool = False
+
+
+class LoadBook:
+    def __init__(self) -> None:
+        self._loads: dict[str, EndpointLoad] = {}
+
+    def get(self, endpoint_id: str) -> EndpointLoad:
+        """The endpoint's load (a zero load when nothing is charged; never stored)."""
+        return self._loads.get(endpoint_id) or EndpointLoad()
+
+    def charge(self, flight: Flight) -> None:
+        load = self._loads.get(flight.endpoint_id)
+        if load is None:
+            load = self._loads[flight.endpoint_id] = EndpointLoad()
+        load.prefill_tokens += flight.own_tokens
+        load.prefilling += 1
+        load.kv_tokens += flight.kv_tokens
+
+    def first_token(self, flight: Flight) -> None:
+        """The request's prefill is over: it decodes from now on."""
+        if flight.decoding or flight.done:
+            return
+        flight.decoding = True
+        load = self._loads[flight.endpoint_id]
+        load.prefill_tokens -= flight.own_tokens
+        load.prefilling -= 1
+        load.decoding += 1
+        load.context_tokens += flight.context_tokens
+
+    def complete(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        flight.done = True
+        load = self._loads[flight.endpoint_id]
+        if flight.decoding:
+            load.decoding -= 1
+            load.context_tokens -= flight.context_tokens
+        else:
+            load.prefill_tokens -= flight.own_tokens
+            load.prefilling -= 1
+        load.kv_tokens -= flight.kv_tokens
+        if load.idle:
+            del self._loads[flight.endpoint_id]
+
+    def move(self, flight: Flight, endpoint_id: str) -> None:
+        """The request went to another endpoint than the one charged (a fallback)."""
+        if flight.done or flight.endpoint_id == endpoint_id:
+            return
+        decoding = flight.decoding
+        self.complete(flight)
+        flight.endpoint_id, flight.done, flight.decoding = endpoint_id, False, False
+        self.charge(flight)
+        if decoding:
+            self.first_token(flight)
+
+    def __len__(self) -> int:
+        return len(self._loads)

@@ -1,0 +1,335 @@
+"""`predicted-latency-scorer`: price every candidate in seconds of this request's time to first token.
+
+For each candidate endpoint e, with `coefficients_e` its current step costs (seconds per prefill token `a`, per
+step, per decoding sequence and per context token in a step; `latency.learner`, seeded from the parameters) and
+`latency.model`'s step model:
+
+    own_e     = the request's prompt tokens missing from e's prefix cache (`PrefixMatchInfo` of the plugin named
+                `prefixPluginName`; the whole prompt without it)
+    queued_e  = uncached prompt tokens of the requests this router (and its fleet peers) sent to e that have no
+                first token yet
+              + max(0, waiting_e - prefilling_e) * mean_own      (requests in e's scraped waiting queue that this
+                router did not send, at the mean uncached size seen so far)
+    decode_e  = max(decoding_e, running_e)       (sequences decoding beside it: tracked, or scraped if more)
+    context_e = max(context tokens of the tracked decoding requests, kv_usage_e * capacity_e)
+    ttft_e    = model.predict_ttft(coefficients_e, queued_e, own_e, decode_e, context_e)
+    kv_e      = max(tracked KV tokens of e's requests, kv_usage_e * capacity_e) + prompt + expected output
+    risk_e    = preemptionCharge * a * max(0, kv_e - capacity_e)     (tokens that would have to be recomputed when
+                e runs out of KV blocks; capacity_e = num_gpu_blocks * block_size, unknown: no risk)
+    cost_e    = ttft_e + capacityCharge * a * own_e + risk_e
+
+The capacity charge is the price of the capacity the request takes from the requests that will queue behind it:
+its own prefill counted `capacityCharge` (default 3) more times beyond its own wait. Without it a router that only
+minimises the request's own TTFT recomputes shared prefixes on idle endpoints and falls behind under load.
+
+    score_e = max(0, 1 - (cost_e - min(cost)) / scoreScaleSeconds)
+
+so the cheapest endpoint scores 1 and every `scoreScaleSeconds` (default 1 s) of extra cost takes 1 off; another
+scorer of weight w can move the pick by at most w * scoreScaleSeconds seconds (divided by this scorer's weight).
+
+The expected output is the request's `max_tokens` (or `max_completion_tokens`) capped at the mean output length
+seen so far (seeded at `outputTokensEstimate`). Scraped queue, batch and KV figures are used only when fresh.
+
+Learning (`learning`, default on): at the request's first output token the observed TTFT (from scheduling, on
+the injected clock) is fitted against the features of its prediction; each later chunk gives one inter-token
+interval, fitted as `n` steps with the endpoint's tracked prefill tokens (capped at one step's budget) beside
+`decode_e` sequences. A peer's requests (fleet sync) charge the load here but teach nothing: their timings reach
+this router late.
+
+P/D: in a `prefill` profile set `profileName: prefill`, so the request's prefill target is charged (and released
+at the first token, when the prefill is over) instead of the primary (decode) target; the predicted TTFT then
+prices the prefill endpoint's queue and the uncached prompt there.
+
+The predictions (seconds, before the charges) are published in `CycleState` under `prediction_key(<name>)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvroute.router.framework import (
+    Clock,
+    CycleState,
+    Endpoint,
+    EndpointObserver,
+    FleetShared,
+    LLMRequest,
+    PreRequest,
+    ResponseHook,
+    ResponseInfo,
+    SchedulingResult,
+    Scorer,
+    StateKey,
+)
+from kvroute.router.plugins.fleet_values import fields
+from kvroute.router.plugins.latency.learner import CoefficientLearner
+from kvroute.router.plugins.latency.load import EndpointLoad, Flight, LoadBook
+from kvroute.router.plugins.latency.model import (
+    EngineShape,
+    Features,
+    StepCosts,
+    linear,
+    step_features,
+    ttft_features,
+)
+from kvroute.router.plugins.prefix.hashing import estimate_tokens
+from kvroute.router.plugins.prefix.match import prefix_match_key
+
+_MEAN_ALPHA = 0.05  # weight of one observation in the running means (about the last 20 requests)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPrediction:
+    """Per endpoint id, the predicted TTFT in seconds (before the charges) and the cost that was scored."""
+
+    ttft: Mapping[str, float]
+    cost: Mapping[str, float]
+
+
+_PREDICTION_KEYS: dict[str, StateKey[LatencyPrediction]] = {}
+
+
+def prediction_key(plugin_name: str) -> StateKey[LatencyPrediction]:
+    key = _PREDICTION_KEYS.get(plugin_name)
+    if key is None:
+        key = _PREDICTION_KEYS.setdefault(plugin_name, StateKey(f"{plugin_name}/latency-prediction"))
+    return key
+
+
+class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, EndpointObserver):
+    type_name = "predicted-latency-scorer"
+    uses_clock = True
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        prefix_plugin_name: str = Field(
+            default="prefix-cache-scorer",
+            min_length=1,
+            alias="prefixPluginName",
+            description="Name of the prefix plugin whose match info gives each endpoint's cached prefix.",
+        )
+        profile_name: str | None = Field(
+            default=None,
+            min_length=1,
+            alias="profileName",
+            description="Profile whose pick is charged (default: the primary profile); `prefill` in a P/D prefill "
+            "profile.",
+        )
+        capacity_charge: float = Field(
+            default=3.0, ge=0.0, alias="capacityCharge", description="Extra multiples of the own prefill time."
+        )
+        kv_wait_charge: float = Field(
+            default=1.0,
+            ge=0.0,
+            alias="kvWaitCharge",
+            description="Multiple of the predicted wait for KV blocks when the request does not fit (0: ignore).",
+        )
+        score_scale_seconds: float = Field(
+            default=1.0,
+            gt=0.0,
+            alias="scoreScaleSeconds",
+            description="Seconds of extra cost that take 1 off the score.",
+        )
+        prefill_tokens_per_second: float = Field(
+            default=27_778.0, gt=0.0, alias="prefillTokensPerSecond", description="Prior prefill speed per endpoint."
+        )
+        step_overhead_seconds: float = Field(
+            default=0.006, gt=0.0, alias="stepOverheadSeconds", description="Prior fixed cost of one engine step."
+        )
+        decode_seconds_per_sequence: float = Field(
+            default=30e-6,
+            ge=0.0,
+            alias="decodeSecondsPerSequence",
+            description="Prior step cost per decoding sequence.",
+        )
+        decode_seconds_per_context_token: float = Field(
+            default=0.039e-6,
+            ge=0.0,
+            alias="decodeSecondsPerContextToken",
+            description="Prior step cost per token of context the decoding sequences attend over.",
+        )
+        max_batched_tokens: int = Field(
+            default=8192, ge=1, alias="maxBatchedTokens", description="Tokens one engine step computes at most."
+        )
+        output_tokens_estimate: int = Field(
+            default=256, ge=1, alias="outputTokensEstimate", description="Output length assumed before any is seen."
+        )
+        learning: bool = Field(default=True, description="Fit the coefficients to the observed latencies.")
+        forgetting: float = Field(
+            default=0.995, gt=0.0, le=1.0, description="Forgetting factor of the online fit (1: never forget)."
+        )
+
+    def __init__(self, name: str, params: Params | None = None, *, clock: Clock | None = None) -> None:
+        params = params or self.Params()
+        super().__init__(name, params)
+        self._p = params
+        self._clock: Clock = clock or time.monotonic
+        self._match_key = prefix_match_key(params.prefix_plugin_name)
+        self._flight_key: StateKey[Flight] = StateKey(f"{name}/flight")
+        self._prediction_key = prediction_key(name)
+        self._shape = EngineShape(max_batched_tokens=params.max_batched_tokens)
+        prior = StepCosts(
+            1.0 / params.prefill_tokens_per_second,
+            params.step_overhead_seconds,
+            params.decode_seconds_per_sequence,
+            params.decode_seconds_per_context_token,
+        )
+        self.learner = CoefficientLearner(prior, forgetting=params.forgetting)
+        self.loads = LoadBook()
+        self._mean_own = 1024.0
+        self._mean_output = float(params.output_tokens_estimate)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+
+    def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
+        info = state.read(self._match_key)
+        prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
+        need = prompt + self._expected_output(request)
+        ttfts: dict[str, float] = {}
+        costs: dict[str, float] = {}
+        charge = self._p.capacity_charge
+        for endpoint in endpoints:
+            own = info.uncached_tokens(endpoint.id) if info is not None else prompt
+            coefficients = self.learner.costs(endpoint.id)
+            ttft = linear(coefficients.as_tuple(), self._features(endpoint, own, need))
+            ttfts[endpoint.id] = ttft
+            costs[endpoint.id] = ttft + charge * coefficients.prefill_per_token * own
+        previous = state.read(self._prediction_key)
+        if previous is not None:  # a second profile of the same request: keep both profiles' candidates
+            ttfts = {**previous.ttft, **ttfts}
+            costs = {**previous.cost, **costs}
+        state.write(self._prediction_key, LatencyPrediction(ttfts, costs))
+        if not endpoints:
+            return {}
+        low = min(costs[e.id] for e in endpoints)
+        scale = self._p.score_scale_seconds
+        return {e.id: max(0.0, 1.0 - (costs[e.id] - low) / scale) for e in endpoints}
+
+    def _features(self, endpoint: Endpoint, own: int, need: int) -> Features:
+        """The model's features of this request's TTFT on the endpoint (`model.ttft_features`)."""
+        load = self.loads.get(endpoint.id)
+        metrics = endpoint.metrics
+        queued = float(load.prefill_tokens)
+        decode = float(load.decoding)
+        context = float(load.context_tokens)
+        held = float(load.kv_tokens)
+        capacity = (metrics.num_gpu_blocks or 0) * (metrics.block_size or 0)
+        if not metrics.stale:
+            queued += max(0, metrics.waiting - load.prefilling) * self._mean_own
+            decode = max(decode, float(metrics.running))
+            context = max(context, metrics.kv_usage * capacity)
+            held = max(held, metrics.kv_usage * capacity)
+        wait = 0.0
+        overflow = held + need - capacity
+        if capacity and overflow > 0 and self._p.kv_wait_charge:
+            # Enough running requests must end first: that share of them, each about a mean output from its end.
+            wait = self._p.kv_wait_charge * min(1.0, overflow / max(held, 1.0)) * self._mean_output
+        return ttft_features(queued, own, decode, context, self._shape, wait)
+
+    def _expected_output(self, request: LLMRequest) -> int:
+        body = request.body
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        mean = round(self._mean_output)
+        return min(limit, mean) if isinstance(limit, int) and limit > 0 else mean
+
+    # -- accounting ------------------------------------------------------------------------------------------
+
+    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
+        profile = self._p.profile_name or result.primary_profile
+        profile_result = result.profile_results.get(profile)
+        target = profile_result.primary if profile_result is not None else None
+        if target is None:
+            return
+        info = state.read(self._match_key)
+        prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
+        own = info.uncached_tokens(target.id) if info is not None else prompt
+        now = self._clock()
+        output = self._expected_output(request)
+        flight = Flight(
+            endpoint_id=target.id,
+            own_tokens=own,
+            context_tokens=prompt + output // 2,
+            kv_tokens=own + output,
+            features=self._features(target, own, prompt + output),
+            scheduled_at=now,
+            learn=self._p.learning,
+            last_chunk_at=now,
+        )
+        self.loads.charge(flight)
+        state.write(self._flight_key, flight)
+        self._mean_own += _MEAN_ALPHA * (own - self._mean_own)
+
+    def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
+        flight = state.read(self._flight_key)
+        if flight is None or flight.done:
+            return None
+        return [flight.endpoint_id, flight.own_tokens, flight.context_tokens, flight.kv_tokens]
+
+    def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
+        endpoint_id, own, context, kv_tokens = fields(shared, str, int, int, int)
+        if own < 0 or context < 0 or kv_tokens < 0:
+            raise ValueError("negative token counts")
+        flight = Flight(endpoint_id, own, context, kv_tokens, (0.0, 0.0, 0.0, 0.0), self._clock(), learn=False)
+        self.loads.charge(flight)
+        state.write(self._flight_key, flight)
+
+    def on_response_headers(
+        self, state: CycleState, request: LLMRequest, endpoint: Endpoint, response: ResponseInfo
+    ) -> None:
+        flight = state.read(self._flight_key)
+        if flight is not None and self._p.profile_name is None:
+            self.loads.move(flight, endpoint.id)
+
+    def on_response_chunk(
+        self,
+        state: CycleState,
+        request: LLMRequest,
+        endpoint: Endpoint,
+        response: ResponseInfo,
+        new_tokens: int,
+    ) -> None:
+        flight = state.read(self._flight_key)
+        if flight is None or flight.done or new_tokens <= 0:
+            return
+        now = self._clock()
+        if not flight.decoding:
+            if flight.learn:
+                self.learner.observe(flight.endpoint_id, flight.features, now - flight.scheduled_at)
+            if self._p.profile_name is not None:  # a prefill target: its part ends with the prefill
+                self.loads.complete(flight)
+                return
+            self.loads.first_token(flight)
+        elif flight.learn and not self._prefill_possible(endpoint):
+            load = self.loads.get(flight.endpoint_id)
+            features = step_features(0.0, load.decoding, load.context_tokens)
+            self.learner.observe(flight.endpoint_id, features, (now - flight.last_chunk_at) / new_tokens)
+        flight.last_chunk_at = now
+
+    def _prefill_possible(self, endpoint: Endpoint) -> bool:
+        """Whether the endpoint's last steps may have computed prompt tokens: then an inter-token interval says
+        nothing certain about the decode costs (how many prompt tokens it computed is unknown)."""
+        metrics = endpoint.metrics
+        return self.loads.get(endpoint.id).prefilling > 0 or (not metrics.stale and metrics.waiting > 0)
+
+    def on_response_complete(
+        self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
+    ) -> None:
+        flight = state.read(self._flight_key)
+        if flight is None or flight.done:
+            return
+        self.loads.complete(flight)
+        if flight.learn and response.output_tokens > 0:
+            self._mean_output += _MEAN_ALPHA * (response.output_tokens - self._mean_output)
+
+    def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
+        for endpoint_id in endpoint_ids:
+            self.learner.forget(endpoint_id)
+
+    def load(self, endpoint_id: str) -> EndpointLoad:
+        return self.loads.get(endpoint_id)
