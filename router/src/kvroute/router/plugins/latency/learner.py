@@ -1,11 +1,12 @@
 """Per-endpoint coefficients learned online from observed latencies: recursive least squares with forgetting.
 
 Each endpoint starts from the profile's coefficients `c0` (`model.StepCosts`: per prefill token, per step, per
-decoding sequence, per context token). What is learned is a vector of multipliers `m` (one per coefficient,
+decoding sequence, per context token, per request). What is learned is a vector of multipliers `m` (one per coefficient,
 starting at 1), so that the unknowns have the same scale whatever the profile:
 
     observation:  y ~ sum_i m_i * c0_i * f_i          (f: `model.ttft_features` or `model.step_features`)
-    x_i  = c0_i * f_i / y_scale                       (y_scale = max(y, predicted): errors count relatively)
+    x_i  = c0_i * f_i / y_scale                       (y_scale = sqrt(y * predicted): errors count relatively,
+                                                       as much for a too-slow as for a too-fast prediction)
     gain = P x / (lambda + x' P x)
     m   <- m + gain * (y / y_scale - x' m)
     P   <- (P - gain x' P) / lambda
@@ -17,16 +18,17 @@ uninformative observations cannot wind it up), and each multiplier clamped to [1
 Dividing by `y_scale` makes the fit minimise relative error: a 10 ms inter-token time and a 2 s TTFT weigh alike.
 
 An endpoint twice as slow as its profile in every respect converges to multipliers near 2; one with twice the
-per-token prefill cost only, to (2, 1, 1, 1) once it has seen both short and long prompts.
+per-token prefill cost only, to (2, 1, 1, 1, 1) once it has seen both short and long prompts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kvroute.router.plugins.latency.model import Features, StepCosts
 
-_N = 4
+_N = 5
 
 
 @dataclass(slots=True)
@@ -79,7 +81,7 @@ class CoefficientLearner:
             fit = self._fits[endpoint_id] = _Fit([1.0] * _N, covariance)
         m, p = fit.multipliers, fit.covariance
         raw = [c * f for c, f in zip(self._prior, features, strict=True)]
-        scale = max(observed, sum(r * w for r, w in zip(raw, m, strict=True)), 1e-9)
+        scale = max(math.sqrt(observed * max(sum(r * w for r, w in zip(raw, m, strict=True)), 1e-12)), 1e-9)
         x = [r / scale for r in raw]
         px = [sum(p[i][j] * x[j] for j in range(_N)) for i in range(_N)]
         gain = [v / (self._lambda + sum(xi * v for xi, v in zip(x, px, strict=True))) for v in px]

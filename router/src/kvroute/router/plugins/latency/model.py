@@ -14,7 +14,10 @@ compute first, with `decode` sequences holding `context` tokens decoding beside 
     budget = max(1, max_batched_tokens - decode)            (prompt tokens per step beside the decodes)
     steps  = max(1, ceil(work / budget))
     ttft   = steps * (step_overhead + decode_per_seq * decode + decode_per_context_token * context)
-             + prefill_per_token * work
+             + prefill_per_token * work + request_overhead
+
+(`request_overhead`: what a request costs once outside the engine's steps: network round trip, HTTP and SSE
+framing, tokenization.)
 
 A request that does not fit in the free KV cache waits first, `wait_steps` decode-only steps
 (`ttft_features(..., wait_steps)`), which adds `wait_steps * (step_overhead + decode_per_seq * decode +
@@ -22,7 +25,7 @@ decode_per_context_token * context)`.
 
 e.g. with the 8B profile (6 ms, 36 us/token, 30 us/seq, 0.039 us/context token, 8,192 tokens/step), 4,000
 queued, 2,000 own, 100 sequences decoding over 200,000 tokens: work 6,000, budget 8,092, 1 step,
-ttft = (6 + 3 + 7.8) + 216 = 232.8 ms.
+ttft = (6 + 3 + 7.8) + 216 + 0 = 232.8 ms with no request overhead.
 
 The same coefficients price an inter-token interval: one step with the prefill tokens scheduled beside the
 decodes, `step(prefill_tokens, decode)`. Both are linear in the three coefficients, which is what lets
@@ -35,7 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-Features = tuple[float, float, float, float]
+Features = tuple[float, float, float, float, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +49,16 @@ class StepCosts:
     step_overhead: float
     decode_per_seq: float
     decode_per_context_token: float
+    request_overhead: float  # once per request, outside the engine's steps: network, HTTP, tokenization
 
     def as_tuple(self) -> Features:
-        return (self.prefill_per_token, self.step_overhead, self.decode_per_seq, self.decode_per_context_token)
+        return (
+            self.prefill_per_token,
+            self.step_overhead,
+            self.decode_per_seq,
+            self.decode_per_context_token,
+            self.request_overhead,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +77,16 @@ def prefill_steps(work: float, decode: float, shape: EngineShape) -> int:
 def ttft_features(
     queued: float, own: float, decode: float, context: float, shape: EngineShape, wait_steps: float = 0.0
 ) -> Features:
-    """Multipliers of (prefill_per_token, step_overhead, decode_per_seq, decode_per_context_token) in the
-    predicted TTFT; `wait_steps` decode-only steps come first (waiting for KV blocks to free up)."""
+    """Multipliers of the `StepCosts` coefficients in the predicted TTFT; `wait_steps` decode-only steps come
+    first (waiting for KV blocks to free up)."""
     work = queued + own
     steps = prefill_steps(work, decode, shape) + wait_steps
-    return (work, steps, steps * decode, steps * context)
+    return (work, steps, steps * decode, steps * context, 1.0)
 
 
 def step_features(prefill_tokens: float, decode: float, context: float) -> Features:
     """Multipliers of the coefficients in the duration of one step."""
-    return (prefill_tokens, 1.0, decode, context)
+    return (prefill_tokens, 1.0, decode, context, 0.0)
 
 
 def linear(costs: Features, features: Features) -> float:

@@ -1,8 +1,8 @@
 """`predicted-latency-scorer`: price every candidate in seconds of this request's time to first token.
 
-For each candidate endpoint e, with `coefficients_e` its current step costs (seconds per prefill token `a`, per
-step, per decoding sequence and per context token in a step; `latency.learner`, seeded from the parameters) and
-`latency.model`'s step model:
+For each candidate endpoint e, with `coefficients_e` its current costs (seconds per prefill token `a`, per step,
+per decoding sequence and per context token in a step, per request; `latency.learner`, seeded from the
+parameters) and `latency.model`'s step model:
 
     own_e     = the request's prompt tokens missing from e's prefix cache (`PrefixMatchInfo` of the plugin named
                 `prefixPluginName`; the whole prompt without it)
@@ -12,15 +12,23 @@ step, per decoding sequence and per context token in a step; `latency.learner`, 
                 router did not send, at the mean uncached size seen so far)
     decode_e  = max(decoding_e, running_e)       (sequences decoding beside it: tracked, or scraped if more)
     context_e = max(context tokens of the tracked decoding requests, kv_usage_e * capacity_e)
-    ttft_e    = model.predict_ttft(coefficients_e, queued_e, own_e, decode_e, context_e)
-    kv_e      = max(tracked KV tokens of e's requests, kv_usage_e * capacity_e) + prompt + expected output
-    risk_e    = preemptionCharge * a * max(0, kv_e - capacity_e)     (tokens that would have to be recomputed when
-                e runs out of KV blocks; capacity_e = num_gpu_blocks * block_size, unknown: no risk)
-    cost_e    = ttft_e + capacityCharge * a * own_e + risk_e
+    held_e    = max(KV tokens of the tracked requests (uncached prompt + expected output), kv_usage_e * capacity_e)
+    wait_e    = kvWaitCharge * min(1, overflow_e / held_e) * mean_output       (decode-only steps to wait)
+                where overflow_e = held_e + prompt + expected output - capacity_e > 0, else 0
+                (capacity_e = num_gpu_blocks * block_size; unknown: no wait)
+    ttft_e    = model.predict_ttft(coefficients_e, queued_e, own_e, decode_e, context_e, wait_e)
 
-The capacity charge is the price of the capacity the request takes from the requests that will queue behind it:
-its own prefill counted `capacityCharge` (default 3) more times beyond its own wait. Without it a router that only
-minimises the request's own TTFT recomputes shared prefixes on idle endpoints and falls behind under load.
+A request that does not fit in e's free KV cache waits until enough running requests end: that share of them,
+each about a mean output length (in steps) from its end. Then the charge for the capacity the request takes from
+the requests that will queue behind it on e, which its own prefill delays:
+
+    behind_e  = arrivalCharge * rate / candidates * ttft_e      (rate: requests per second scheduled through the
+                pool, this router and its fleet peers, an exponentially decaying count over about 1 s)
+    cost_e    = ttft_e + (capacityCharge + behind_e) * a * own_e
+
+Without a charge a router that only minimises each request's own TTFT recomputes shared prefixes on idle
+endpoints and falls behind under load; a fixed charge (`capacityCharge`) is too much at low load and too little
+in a burst, which is what the arrival term measures.
 
     score_e = max(0, 1 - (cost_e - min(cost)) / scoreScaleSeconds)
 
@@ -31,20 +39,25 @@ The expected output is the request's `max_tokens` (or `max_completion_tokens`) c
 seen so far (seeded at `outputTokensEstimate`). Scraped queue, batch and KV figures are used only when fresh.
 
 Learning (`learning`, default on): at the request's first output token the observed TTFT (from scheduling, on
-the injected clock) is fitted against the features of its prediction; each later chunk gives one inter-token
-interval, fitted as `n` steps with the endpoint's tracked prefill tokens (capped at one step's budget) beside
-`decode_e` sequences. A peer's requests (fleet sync) charge the load here but teach nothing: their timings reach
-this router late.
+the injected clock) is fitted against the features of its prediction; each later chunk of `n` tokens gives an
+inter-token interval (elapsed / n) fitted as one decode-only step with the tracked decoding sequences and their
+context, but only while the endpoint has no prefill in flight (tracked, or a scraped waiting queue): how many
+prompt tokens a step computed is unknown then. A peer's requests (fleet sync) charge the load here but teach
+nothing: their timings reach this router late.
 
 P/D: in a `prefill` profile set `profileName: prefill`, so the request's prefill target is charged (and released
 at the first token, when the prefill is over) instead of the primary (decode) target; the predicted TTFT then
-prices the prefill endpoint's queue and the uncached prompt there.
+prices the prefill endpoint's queue and the uncached prompt there. In the `decode` profile of a pool that
+disaggregates, `remotePrefill: true` prices a decode endpoint without any prefill of its own (`own_e = 0`): the
+steps it takes to join its decode batch, and the wait for KV room for the whole prompt; its observed TTFTs, which
+include the remote prefill, teach nothing (inter-token times still do).
 
 The predictions (seconds, before the charges) are published in `CycleState` under `prediction_key(<name>)`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,9 +91,10 @@ from kvroute.router.plugins.latency.model import (
     ttft_features,
 )
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
-from kvroute.router.plugins.prefix.match import prefix_match_key
+from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
 
 _MEAN_ALPHA = 0.05  # weight of one observation in the running means (about the last 20 requests)
+_RATE_WINDOW_S = 1.0  # time constant of the arrival-rate estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +135,20 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             description="Profile whose pick is charged (default: the primary profile); `prefill` in a P/D prefill "
             "profile.",
         )
+        remote_prefill: bool = Field(
+            default=False,
+            alias="remotePrefill",
+            description="The candidates receive the prompt's KV from a prefill endpoint (a P/D decode profile): no "
+            "prefill is priced here, and observed TTFTs (which include the remote prefill) teach nothing.",
+        )
         capacity_charge: float = Field(
             default=3.0, ge=0.0, alias="capacityCharge", description="Extra multiples of the own prefill time."
+        )
+        arrival_charge: float = Field(
+            default=1.0,
+            ge=0.0,
+            alias="arrivalCharge",
+            description="Multiple of the requests expected to arrive behind this one that its own prefill delays.",
         )
         kv_wait_charge: float = Field(
             default=1.0,
@@ -154,6 +180,12 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             alias="decodeSecondsPerContextToken",
             description="Prior step cost per token of context the decoding sequences attend over.",
         )
+        request_overhead_seconds: float = Field(
+            default=0.001,
+            gt=0.0,
+            alias="requestOverheadSeconds",
+            description="Prior time a request costs outside the engine's steps (network, HTTP, tokenization).",
+        )
         max_batched_tokens: int = Field(
             default=8192, ge=1, alias="maxBatchedTokens", description="Tokens one engine step computes at most."
         )
@@ -179,11 +211,14 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             params.step_overhead_seconds,
             params.decode_seconds_per_sequence,
             params.decode_seconds_per_context_token,
+            params.request_overhead_seconds,
         )
         self.learner = CoefficientLearner(prior, forgetting=params.forgetting)
         self.loads = LoadBook()
         self._mean_own = 1024.0
         self._mean_output = float(params.output_tokens_estimate)
+        self._rate = 0.0  # requests per second scheduled through the pool (this router and its peers)
+        self._rate_at = 0.0
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
@@ -194,12 +229,14 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         ttfts: dict[str, float] = {}
         costs: dict[str, float] = {}
         charge = self._p.capacity_charge
+        # Requests per second that each candidate can expect while this one's prefill is ahead of them.
+        rate = self._arrival_rate(self._clock()) * self._p.arrival_charge / max(1, len(endpoints))
         for endpoint in endpoints:
-            own = info.uncached_tokens(endpoint.id) if info is not None else prompt
+            own = self._own(info, endpoint.id, prompt)
             coefficients = self.learner.costs(endpoint.id)
             ttft = linear(coefficients.as_tuple(), self._features(endpoint, own, need))
             ttfts[endpoint.id] = ttft
-            costs[endpoint.id] = ttft + charge * coefficients.prefill_per_token * own
+            costs[endpoint.id] = ttft + (charge + rate * ttft) * coefficients.prefill_per_token * own
         previous = state.read(self._prediction_key)
         if previous is not None:  # a second profile of the same request: keep both profiles' candidates
             ttfts = {**previous.ttft, **ttfts}
@@ -232,6 +269,19 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             wait = self._p.kv_wait_charge * min(1.0, overflow / max(held, 1.0)) * self._mean_output
         return ttft_features(queued, own, decode, context, self._shape, wait)
 
+    def _own(self, info: PrefixMatchInfo | None, endpoint_id: str, prompt: int) -> int:
+        """The prompt tokens the endpoint computes itself (none when the prompt's KV comes from elsewhere)."""
+        if self._p.remote_prefill:
+            return 0
+        return info.uncached_tokens(endpoint_id) if info is not None else prompt
+
+    def _arrival_rate(self, now: float) -> float:
+        return self._rate * math.exp(-(now - self._rate_at) / _RATE_WINDOW_S) if now > self._rate_at else self._rate
+
+    def _count_arrival(self, now: float) -> None:
+        self._rate = self._arrival_rate(now) + 1.0 / _RATE_WINDOW_S
+        self._rate_at = max(now, self._rate_at)
+
     def _expected_output(self, request: LLMRequest) -> int:
         body = request.body
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -248,7 +298,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             return
         info = state.read(self._match_key)
         prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
-        own = info.uncached_tokens(target.id) if info is not None else prompt
+        own = self._own(info, target.id, prompt)
         now = self._clock()
         output = self._expected_output(request)
         flight = Flight(
@@ -264,6 +314,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         self.loads.charge(flight)
         state.write(self._flight_key, flight)
         self._mean_own += _MEAN_ALPHA * (own - self._mean_own)
+        self._count_arrival(now)
 
     def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
         flight = state.read(self._flight_key)
@@ -275,7 +326,9 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         endpoint_id, own, context, kv_tokens = fields(shared, str, int, int, int)
         if own < 0 or context < 0 or kv_tokens < 0:
             raise ValueError("negative token counts")
-        flight = Flight(endpoint_id, own, context, kv_tokens, (0.0, 0.0, 0.0, 0.0), self._clock(), learn=False)
+        now = self._clock()
+        flight = Flight(endpoint_id, own, context, kv_tokens, (0.0, 0.0, 0.0, 0.0, 0.0), now, learn=False)
+        self._count_arrival(now)
         self.loads.charge(flight)
         state.write(self._flight_key, flight)
 
@@ -299,7 +352,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             return
         now = self._clock()
         if not flight.decoding:
-            if flight.learn:
+            if flight.learn and not self._p.remote_prefill:
                 self.learner.observe(flight.endpoint_id, flight.features, now - flight.scheduled_at)
             if self._p.profile_name is not None:  # a prefill target: its part ends with the prefill
                 self.loads.complete(flight)
