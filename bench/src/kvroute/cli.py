@@ -18,6 +18,7 @@ _PARTS: dict[str, tuple[str, str]] = {
     "sim": ("kvroute.simulator.cli", "vLLM-compatible simulator"),
     "bench": ("kvroute.bench.cli", "benchmarks: routing quality, live side by side, overhead"),
     "demo": ("kvroute.bench.demo", "run the demo on simulated pods"),
+    "tune": ("kvroute.bench.tune.cli", "search scheduling weights and parameters for your traffic"),
 }
 
 

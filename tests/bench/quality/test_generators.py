@@ -12,9 +12,11 @@ from kvroute.bench.quality.workloads import (
     BurstPhase,
     PoissonPhase,
     RampPhase,
+    SinusoidPhase,
     WorkloadSpec,
     parse_workload,
 )
+from kvroute.simulator.des.harness import WorkloadRequest
 from kvroute.simulator.tokenizer import Tokenizer
 
 MULTI_TURN = """\
@@ -120,3 +122,73 @@ def test_a_spread_burst_is_uniform_within_its_window() -> None:
     times = arrival_times([BurstPhase(process="burst", count=1000, spread_s=2.0)], random.Random(0))
     assert times[0] >= 0 and times[-1] <= 2.0
     assert sum(t < 1.0 for t in times) == pytest.approx(500, abs=60)
+
+
+AGENTIC = """\
+name: agent
+fleet: {engines: 2, profile: llama-3.1-8b-h100}
+arrival: [{process: poisson, rate: 1, count: 4}]
+generator: {kind: agentic, system_prompts: 2, system_tokens: 100, task_tokens: 50, turns_min: 2, turns_max: 5,
+            tool_tokens_min: 30, tool_tokens_max: 60, pause_min_s: 0.2, pause_max_s: 0.4,
+            output: {median: 20, sigma: 0.5, min: 10, max: 40}}
+"""
+
+RAG = """\
+name: rag
+fleet: {engines: 2, profile: llama-3.1-8b-h100}
+arrival: [{process: poisson, rate: 5, count: 200}]
+generator: {kind: rag, tenants: 2, instruction_tokens: 20, documents: 30, document_tokens: 50, zipf: 1.2,
+            docs_min: 2, docs_max: 4, question_tokens: 10, output: {median: 30, sigma: 0.8, min: 5, max: 60}}
+"""
+
+
+def test_output_lengths_follow_the_clipped_lognormal(tiny_text: str) -> None:
+    text = tiny_text.replace("output_tokens: 6}", "output: {median: 50, sigma: 0.6, min: 20, max: 90}}")
+    text = text.replace("count: 60", "count: 2000").replace("profile: tiny", "profile: llama-3.1-8b-h100")
+    lengths = sorted(r.max_tokens for r in build(parse_workload(text), 0).requests)
+    assert lengths[0] == 20 and lengths[-1] == 90  # clipped at both ends: P(Z < ln(0.4) / 0.6) = 6%
+    assert lengths[1000] == pytest.approx(50, abs=3)  # the median
+    assert sum(x == 90 for x in lengths) / 2000 == pytest.approx(0.164, abs=0.03)  # P(Z > ln(1.8) / 0.6)
+
+
+def test_agentic_turns_append_an_answer_and_a_tool_output() -> None:
+    requests = build(parse_workload(AGENTIC), 0).requests
+    tokenizer = Tokenizer()
+    sessions: dict[str, list[WorkloadRequest]] = {}
+    for r in sorted(requests, key=lambda r: r.request_id):
+        sessions.setdefault(r.request_id.split("-")[0], []).append(r)
+        assert r.prompt_token_ids == tokenizer.encode(r.prompt) and 10 <= r.max_tokens <= 40
+    assert len(sessions) == 4 and all(2 <= len(turns) <= 5 for turns in sessions.values())
+    for turns in sessions.values():
+        for previous, current in itertools.pairwise(turns):
+            assert current.prompt.startswith(previous.prompt) and "<|tool|>" in current.prompt
+            added = (len(current.prompt) - len(previous.prompt)) // 4
+            assert previous.max_tokens + 30 <= added <= previous.max_tokens + 60 + 10  # + the chat template
+            gap = current.arrival_time - previous.arrival_time
+            assert 0.2 + previous.max_tokens * 0.01 <= gap <= 0.4 + previous.max_tokens * 0.01
+
+
+def test_rag_prompts_are_an_instruction_distinct_documents_and_a_question() -> None:
+    requests = build(parse_workload(RAG), 0).requests
+    tokenizer = Tokenizer()
+    firsts: Counter[str] = Counter()
+    for r in requests:
+        assert r.prompt_token_ids == tokenizer.encode(r.prompt)
+        documents = (len(r.prompt_token_ids) - 20 - 10) // 50
+        assert 2 <= documents <= 4 and len(r.prompt_token_ids) == 20 + 50 * documents + 10
+        chunks = [r.prompt[80 + 200 * k : 80 + 200 * (k + 1)] for k in range(documents)]
+        assert len(set(chunks)) == documents
+        firsts[chunks[0]] += 1
+    assert len({r.prompt[:80] for r in requests}) == 2
+    # Document 0's popularity is 1 / H(30, 1.2) = 28%; it is drawn first at least that often.
+    assert firsts.most_common(1)[0][1] / 200 == pytest.approx(0.28, abs=0.08)
+
+
+def test_a_sinusoid_rises_and_falls() -> None:
+    phase = SinusoidPhase(process="sinusoid", mean_rate=100, amplitude=0.8, period_s=20, count=4000)
+    times = arrival_times([phase], random.Random(0))
+    assert times == sorted(times) and times[-1] == pytest.approx(40, rel=0.05)  # two periods at 100/s
+    # Rate 100 x (1 - 0.8 cos(2 pi t / 20)): 20/s at t = 0, 180/s at t = 10; over [0, 5) 100 x (5 - 0.8 x 20 /
+    # (2 pi)) = 245 arrivals, over [5, 15) 1000 + 2 x 255 = 1,509.
+    assert sum(t < 5 for t in times) == pytest.approx(245, rel=0.15)
+    assert sum(5 <= t < 15 for t in times) == pytest.approx(1509, rel=0.08)

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from kvroute.bench.quality.policies.catalog import select
-from kvroute.bench.quality.report import command, verdict, write_all
+from kvroute.bench.quality.report import command, family_table, verdict, write_all
 from kvroute.bench.quality.runner import run
 from kvroute.bench.quality.workloads import WorkloadSpec
 
@@ -59,3 +59,27 @@ def test_report_files_table_and_plots(tmp_path: Path, tiny_spec: WorkloadSpec) -
     row = next(line for line in text.splitlines() if line.startswith("| tiny |"))
     assert row.endswith(("x round-robin) |", "x dynamo) |"))
     assert "## tiny" in text and "| kvroute | " in text
+
+
+def test_the_family_table_is_the_geometric_mean_of_ratios_to_the_best_peer() -> None:
+    def info(family: str | None) -> dict[str, Any]:
+        return {"family": family, "spec": {"generator": {"kind": "shared-prefix"}}}
+
+    results = {
+        "seed": 0,
+        "policies": {"random": "", "dynamo": "", "oracle": "", "kvroute": ""},
+        "workloads": {"a-s0-0": info("a"), "a-s0-1": info("a"), "other": info(None)},
+        "results": {
+            "a-s0-0": p90(random=2.0, dynamo=1.0, oracle=0.5, kvroute=0.5),
+            "a-s0-1": p90(random=1.0, dynamo=4.0, oracle=0.5, kvroute=2.0),
+            "other": p90(random=1.0, dynamo=1.0, oracle=1.0, kvroute=1.0),
+        },
+    }
+    table = family_table(results)
+    # random: sqrt(2 x 1) = 1.41; dynamo: sqrt(1 x 4) = 2; oracle: sqrt(0.5 x 0.5) = 0.5; kvroute: sqrt(0.5 x 2) = 1
+    assert "| a | 2 | 1.41 | 2.00 | 0.50 | 1.00 |" in table
+    assert not any(line.startswith("| other") for line in table)
+    assert command(results, "o") == (
+        "kvroute bench quality --workloads other --families a --sample 2 --policies random,dynamo,oracle,kvroute "
+        "--seed 0 --out o"
+    )

@@ -17,6 +17,11 @@ The request is a streamed completion of `MODEL` (or of its LoRA adapter, which t
 whose prompt is the workload's text. When the P/D handler wrote a `DisaggregationPlan`, the harness runs the
 request on the plan's prefill endpoint first.
 
+Plugins that read the time (`uses_clock`) get the harness's virtual clock. When a `predicted-latency-scorer`
+predicted the TTFT of the endpoint a request was sent to, the run also reports how far off it was
+(`ttft_prediction_error_p50_s` / `_p90_s`: absolute error; `ttft_prediction_bias_s`: median of predicted -
+actual), from the scorer of the primary profile.
+
 The prefix scorer's index sweep runs on the wall clock; it drops only endpoints that no request was matched
 against since the previous sweep, which never happens here because every request is matched against every
 candidate, so results do not depend on how fast the machine is.
@@ -27,7 +32,9 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from kvroute.bench.quality.metrics import DIGITS, percentile
 from kvroute.bench.quality.policies.base import Policy
 from kvroute.bench.quality.workloads import Fleet
 from kvroute.router.config.builder import Registry
@@ -45,6 +52,7 @@ from kvroute.router.framework import (
 from kvroute.router.framework.endpoint import ROLE_LABEL
 from kvroute.router.plugins.handlers.pd import DISAGGREGATION
 from kvroute.router.plugins.registry import REGISTRY
+from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer, prediction_key
 from kvroute.simulator.des.harness import EngineView, RequestRecord, Route, WorkloadRequest
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -97,6 +105,13 @@ class SchedulerPolicy(Policy):
         self._index = {e.id: i for i, e in enumerate(self.endpoints)}
         self._in_flight: dict[str, _InFlight] = {}
         self.sync: FleetSync | None = None  # set when replicas share their decisions (`join_fleet`)
+        self._predictors = [
+            prediction_key(name)
+            for name, plugin in self.config.plugins.items()
+            if isinstance(plugin, PredictedLatencyScorer) and plugin.profile_name is None
+        ]
+        self._predicted: dict[str, float] = {}
+        self._errors: list[float] = []  # predicted - actual TTFT, seconds
 
     def join_fleet(self, replica_id: str) -> FleetSync:
         """Share this replica's decisions with peers (`kvroute.router.fleet.sync`), as `--fleet-peers` does."""
@@ -134,6 +149,7 @@ class SchedulerPolicy(Policy):
         for response_hook in config.response_hooks:
             response_hook.on_response_headers(state, llm_request, target, response)
         self._in_flight[request.request_id] = _InFlight(state, llm_request, target, response)
+        self._remember_prediction(request.request_id, state, target)
         plan = state.read(DISAGGREGATION)
         if plan is not None:
             return Route(decode=self._index[plan.decode.id], prefill=self._index[plan.prefill.id])
@@ -148,8 +164,29 @@ class SchedulerPolicy(Policy):
         if self.sync is not None:
             self.sync.progress(record.request_id, flight.response.output_tokens)
 
+    def _remember_prediction(self, request_id: str, state: CycleState, target: Endpoint) -> None:
+        for key in self._predictors:
+            prediction = state.read(key)
+            if prediction is not None and target.id in prediction.ttft:
+                self._predicted[request_id] = prediction.ttft[target.id]
+                return
+
+    def extra_metrics(self) -> dict[str, Any]:
+        if not self._errors:
+            return {}
+        errors = self._errors
+        absolute = [abs(e) for e in errors]
+        return {
+            "ttft_prediction_error_p50_s": round(percentile(absolute, 0.5), DIGITS),
+            "ttft_prediction_error_p90_s": round(percentile(absolute, 0.9), DIGITS),
+            "ttft_prediction_bias_s": round(percentile(errors, 0.5), DIGITS),
+        }
+
     def on_finish(self, record: RequestRecord, now: float) -> None:
         self.now = now
+        predicted = self._predicted.pop(record.request_id, None)
+        if predicted is not None and record.ttft is not None:
+            self._errors.append(predicted - record.ttft)
         flight = self._in_flight.pop(record.request_id)
         response = flight.response
         response.finish_reason = record.finish_reason

@@ -8,6 +8,9 @@ Verdicts compare kvroute with the best peer (every policy but kvroute's and the 
 - `tie`: within 5% or within 10 ms;
 - `loss`: more than 5% and more than 10 ms higher.
 
+Per family (workloads drawn from a family, `families`): the geometric mean over the family's workloads of each
+policy's TTFT p90 divided by the best peer's on that workload (1.00: as good as the best peer on every one).
+
 Fleet runs (`NAME@N`, `NAME@N+sync`: N router replicas) are left out of the main table and the verdict; they get
 a table of their own, TTFT p90 by replica count and its ratio to the single router.
 """
@@ -15,6 +18,7 @@ a table of their own, TTFT p90 by replica count and its ratio to the single rout
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,9 +82,74 @@ def verdict(per_policy: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, floa
 
 
 def command(results: Mapping[str, Any], out: str) -> str:
-    workloads = ",".join(results["workloads"])
-    policies = ",".join(results["policies"])
-    return f"kvroute bench quality --workloads {workloads} --policies {policies} --seed {results['seed']} --out {out}"
+    """The command that reproduces `results`: families as `--families --sample`, traces with their options."""
+    families: dict[str, int] = {}
+    items: list[str] = []
+    trace: dict[str, Any] = {}
+    for name, info in results["workloads"].items():
+        generator = info["spec"]["generator"]
+        if info.get("family"):
+            families[info["family"]] = families.get(info["family"], 0) + 1
+        elif generator["kind"] == "trace":
+            items.append(generator["path"])
+            trace = {"generator": generator, "fleet": info["spec"]["fleet"]}
+        else:
+            items.append(name)
+    parts = ["kvroute bench quality"]
+    if items or not families:
+        parts.append(f"--workloads {','.join(items)}")
+    if families:
+        parts.append(f"--families {','.join(families)} --sample {max(families.values())}")
+    if trace:
+        parts.append(_trace_options(trace["generator"], trace["fleet"]))
+    parts.append(f"--policies {','.join(results['policies'])} --seed {results['seed']} --out {out}")
+    return " ".join(parts)
+
+
+def _trace_options(generator: Mapping[str, Any], fleet: Mapping[str, Any]) -> str:
+    options = [f"--speed {generator['speed']:g}"]
+    if generator.get("window"):
+        options.append(f"--window {generator['window'][0]:g}:{generator['window'][1]:g}")
+    if generator.get("max_context"):
+        options.append(f"--max-context {generator['max_context']}")
+    defaults = {"prefill_engines": 0, "slow_engines": 0, "slow_factor": 1.0, "overrides": None}
+    chosen = {k: v for k, v in fleet.items() if k not in defaults or v not in (defaults[k], {})}
+    pairs = [f"{k}={v}" for k, v in {**chosen, **fleet["overrides"]}.items() if k != "overrides"]
+    return " ".join([*options, f"--fleet {','.join(pairs)}"])
+
+
+def family_table(results: Mapping[str, Any]) -> list[str]:
+    """Per family and policy, the geometric mean of TTFT p90 / the best peer's TTFT p90; empty without
+    families."""
+    groups: dict[str, list[str]] = {}
+    for name, info in results["workloads"].items():
+        if info.get("family"):
+            groups.setdefault(info["family"], []).append(name)
+    if not groups:
+        return []
+    policies = [p for p in results["policies"] if not is_fleet(p)]
+    lines = [
+        "## Per family: TTFT p90 relative to the best peer (geometric mean)",
+        "",
+        "1.00: the best peer on every workload of the family; lower is better.",
+        "",
+        "| family | workloads | " + " | ".join(policies) + " |",
+        "|---|---:|" + "---:|" * len(policies),
+    ]
+    for family, names in groups.items():
+        ratios: dict[str, list[float]] = {p: [] for p in policies}
+        for name in names:
+            per_policy = results["results"][name]
+            peers = [per_policy[p]["ttft_p90_s"] for p in policies if is_peer(p)]
+            best = min((v for v in peers if v is not None), default=None)
+            for p in policies:
+                value = per_policy[p]["ttft_p90_s"]
+                if best and value is not None:
+                    ratios[p].append(max(value, 1e-9) / best)
+        cells = [_cell(math.exp(sum(map(math.log, r)) / len(r)) if r else None, "{:.2f}") for r in ratios.values()]
+        lines.append(f"| {family} | {len(names)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -117,12 +186,15 @@ def markdown(results: Mapping[str, Any], out: str) -> str:
             cells.append("-" if found is None else f"{found[0]} ({found[2]:.2f}x {found[1]})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bold: the lowest TTFT p90 apart from the oracle.", ""]
+    lines += family_table(results)
     lines += fleet_table(results)
     for workload, per_policy in results["results"].items():
         info = results["workloads"][workload]
         fleet = f"{info['engines']} x {info['profile']}, {info['num_gpu_blocks']:,} KV blocks each"
         if info["prefill_engines"]:
             fleet += f" ({info['prefill_engines']} prefill, {info['engines'] - info['prefill_engines']} decode)"
+        if info.get("slow_engines"):
+            fleet += f", {info['slow_engines']} of them {info['slow_factor']:g}x slower"
         lines += [
             f"## {workload}",
             "",

@@ -35,7 +35,7 @@ def run_one(workload: Workload, info: PolicyInfo, seed: int) -> dict[str, Any]:
         tick_interval=policy.tick_interval,
         record_kv_events=policy.needs_kv_events,
     )
-    return summarise(result, workload.fleet)
+    return {**summarise(result, workload.fleet), **policy.extra_metrics()}
 
 
 def describe(workload: Workload) -> dict[str, Any]:
@@ -44,10 +44,13 @@ def describe(workload: Workload) -> dict[str, Any]:
     profile = fleet.profiles[0]
     return {
         "description": workload.spec.description,
+        "family": workload.spec.family,
         "engines": len(fleet.roles),
         "prefill_engines": len(fleet.indices("prefill")),
         "profile": profile.name,
         "num_gpu_blocks": profile.num_gpu_blocks,
+        "slow_engines": workload.spec.fleet.slow_engines,
+        "slow_factor": workload.spec.fleet.slow_factor,
         "fleet_kv_tokens": fleet.kv_tokens,
         "requests": len(requests),
         "prompt_tokens": sum(len(r.prompt_token_ids) for r in requests),

@@ -9,14 +9,22 @@ fleet:
   profile: llama-3.1-8b-h100      # a simulator profile (kvroute.simulator.engine.profiles)
   overrides: {num_gpu_blocks: 4000}   # any Profile field, e.g. a smaller KV cache to create pressure
   prefill_engines: 0              # > 0: P/D; the first N engines prefill, the rest decode
+  slow_engines: 0                 # the last N engines are slower: their step-time coefficients x slow_factor
+  slow_factor: 1.0
 arrival:                          # phases, one after the other; each starts `after_s` after the previous ends
   - {process: poisson, rate: 20, count: 1000}
   - {process: ramp, start_rate: 5, end_rate: 60, count: 2000}   # rate grows linearly
   - {process: burst, count: 1000, spread_s: 0}                  # all at once (or spread uniformly)
+  - {process: sinusoid, mean_rate: 20, amplitude: 0.6, period_s: 60, count: 1200}   # rate rises and falls
 generator:                        # what each arrival asks; see `generators`
-  kind: shared-prefix | multi-turn | varied
+  kind: shared-prefix | multi-turn | varied | agentic | rag | trace
   ...
+family: null                      # set on workloads drawn from a family (`families`), for per-family reports
 ```
+
+Output lengths are a fixed `output_tokens` (`answer_tokens` for multi-turn) or an `output` distribution
+(`OutputLength`: lognormal, clipped). A `trace` generator replays a JSONL trace (`traces`) with its own
+arrival times: its workload has no `arrival`.
 
 Every problem is reported with its path, e.g. `shared.yaml: fleet.engines: Input should be greater than or equal
 to 1`. `resolve("all" | "name,name" | "path.yaml", directory)` returns the specs in a stable order: "all" is every
@@ -56,6 +64,8 @@ class FleetSpec(_Model):
     profile: str = DEFAULT_PROFILE
     overrides: dict[str, int | float] = Field(default_factory=dict)
     prefill_engines: int = Field(default=0, ge=0)
+    slow_engines: int = Field(default=0, ge=0)
+    slow_factor: float = Field(default=1.0, ge=1.0, description="step-time multiplier of the slow engines")
 
     @model_validator(mode="after")
     def _check(self) -> FleetSpec:
@@ -66,6 +76,8 @@ class FleetSpec(_Model):
             raise ValueError(f"unknown profile field(s) in overrides: {', '.join(unknown)}")
         if self.prefill_engines and self.prefill_engines >= self.engines:
             raise ValueError("prefill_engines must leave at least one decode engine")
+        if self.slow_engines > self.engines:
+            raise ValueError("slow_engines cannot exceed engines")
         return self
 
 
@@ -91,7 +103,38 @@ class BurstPhase(_Model):
     after_s: float = Field(default=0.0, ge=0)
 
 
-ArrivalPhase = Annotated[PoissonPhase | RampPhase | BurstPhase, Field(discriminator="process")]
+class SinusoidPhase(_Model):
+    """Rate `mean_rate * (1 - amplitude * cos(2 pi t / period_s))`, t from the phase's start: a day in small."""
+
+    process: Literal["sinusoid"]
+    mean_rate: float = Field(gt=0)
+    amplitude: float = Field(ge=0, lt=1, description="0: Poisson at mean_rate; the rate swings by this fraction")
+    period_s: float = Field(gt=0)
+    count: int = Field(ge=1)
+    after_s: float = Field(default=0.0, ge=0)
+
+
+ArrivalPhase = Annotated[PoissonPhase | RampPhase | BurstPhase | SinusoidPhase, Field(discriminator="process")]
+
+
+class OutputLength(_Model):
+    """Lognormal output lengths: `round(median * exp(sigma * Z))`, Z standard normal, clipped to [min, max]."""
+
+    median: int = Field(ge=1)
+    sigma: float = Field(ge=0)
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputLength:
+        if not self.min <= self.median <= self.max:
+            raise ValueError("need min <= median <= max")
+        return self
+
+
+def _one_output(fixed_name: str, fixed: int | None, output: OutputLength | None) -> None:
+    if (fixed is None) == (output is None):
+        raise ValueError(f"give exactly one of {fixed_name} and output")
 
 
 class LoraSpec(_Model):
@@ -104,9 +147,16 @@ class SharedPrefixSpec(_Model):
     groups: int = Field(ge=1)
     system_tokens: int = Field(ge=0)
     question_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
+    output_tokens: int | None = Field(default=None, ge=1)
+    output: OutputLength | None = None
     users_per_group: int | None = Field(default=None, ge=1, description="fixed questions per group (None: unique)")
+    group_zipf: float | None = Field(default=None, ge=0, description="group k's popularity 1 / (k + 1) ** group_zipf")
     lora: LoraSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SharedPrefixSpec:
+        _one_output("output_tokens", self.output_tokens, self.output)
+        return self
 
 
 class MultiTurnSpec(_Model):
@@ -115,8 +165,14 @@ class MultiTurnSpec(_Model):
     system_tokens: int = Field(ge=0)
     turns: int = Field(ge=1)
     user_tokens: int = Field(ge=1)
-    answer_tokens: int = Field(ge=1)
+    answer_tokens: int | None = Field(default=None, ge=1)
+    output: OutputLength | None = None
     think_time_s: float = Field(gt=0, description="mean of the exponential pause between turns")
+
+    @model_validator(mode="after")
+    def _check(self) -> MultiTurnSpec:
+        _one_output("answer_tokens", self.answer_tokens, self.output)
+        return self
 
 
 class VariedSpec(_Model):
@@ -140,7 +196,66 @@ class VariedSpec(_Model):
         return self
 
 
-GeneratorSpec = Annotated[SharedPrefixSpec | MultiTurnSpec | VariedSpec, Field(discriminator="kind")]
+class AgenticSpec(_Model):
+    kind: Literal["agentic"]
+    system_prompts: int = Field(ge=1)
+    system_tokens: int = Field(ge=0)
+    task_tokens: int = Field(ge=1)
+    turns_min: int = Field(ge=1)
+    turns_max: int = Field(ge=1)
+    tool_tokens_min: int = Field(ge=1)
+    tool_tokens_max: int = Field(ge=1)
+    pause_min_s: float = Field(ge=0, description="tool time between an answer and the next turn, uniform")
+    pause_max_s: float = Field(ge=0)
+    output: OutputLength
+
+    @model_validator(mode="after")
+    def _check(self) -> AgenticSpec:
+        for low, high in (("turns_min", "turns_max"), ("tool_tokens_min", "tool_tokens_max")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"need {low} <= {high}")
+        if self.pause_min_s > self.pause_max_s:
+            raise ValueError("need pause_min_s <= pause_max_s")
+        return self
+
+
+class RagSpec(_Model):
+    kind: Literal["rag"]
+    tenants: int = Field(ge=1)
+    instruction_tokens: int = Field(ge=0)
+    documents: int = Field(ge=1, description="corpus size; document k's popularity is 1 / (k + 1) ** zipf")
+    document_tokens: int = Field(ge=1)
+    zipf: float = Field(ge=0)
+    docs_min: int = Field(ge=1)
+    docs_max: int = Field(ge=1)
+    question_tokens: int = Field(ge=1)
+    output: OutputLength
+
+    @model_validator(mode="after")
+    def _check(self) -> RagSpec:
+        if not self.docs_min <= self.docs_max <= self.documents:
+            raise ValueError("need docs_min <= docs_max <= documents")
+        return self
+
+
+class TraceSpec(_Model):
+    kind: Literal["trace"]
+    path: str = Field(description="a JSONL file, relative to the working directory")
+    format: Literal["auto", "mooncake", "plain"] = "auto"
+    speed: float = Field(default=1.0, gt=0, description="time compression: timestamps / speed")
+    window: tuple[float, float] | None = Field(default=None, description="[start, end) seconds of the trace")
+    max_context: int | None = Field(default=None, ge=2, description="default: the profile's max_model_len")
+
+    @model_validator(mode="after")
+    def _check(self) -> TraceSpec:
+        if self.window is not None and not 0 <= self.window[0] < self.window[1]:
+            raise ValueError("window: need 0 <= start < end")
+        return self
+
+
+GeneratorSpec = Annotated[
+    SharedPrefixSpec | MultiTurnSpec | VariedSpec | AgenticSpec | RagSpec | TraceSpec, Field(discriminator="kind")
+]
 
 
 class WorkloadSpec(_Model):
@@ -148,8 +263,17 @@ class WorkloadSpec(_Model):
     description: str = ""
     seed: int = 0
     fleet: FleetSpec
-    arrival: list[ArrivalPhase] = Field(min_length=1)
+    arrival: list[ArrivalPhase] = Field(default_factory=list)
     generator: GeneratorSpec
+    family: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadSpec:
+        if isinstance(self.generator, TraceSpec) and self.arrival:
+            raise ValueError("arrival: a trace brings its own arrival times")
+        if not isinstance(self.generator, TraceSpec) and not self.arrival:
+            raise ValueError("arrival: at least one phase is needed")
+        return self
 
     @property
     def arrivals(self) -> int:
@@ -159,7 +283,10 @@ class WorkloadSpec(_Model):
 
 @dataclass(frozen=True)
 class Fleet:
-    """The engines of a workload: one profile each, and a role (`both`, or `prefill` / `decode` for P/D)."""
+    """The engines of a workload: one profile each, and a role (`both`, or `prefill` / `decode` for P/D).
+
+    The last `slow_engines` engines have their step-time coefficients (overhead, prefill per token, decode per
+    sequence and per context token) multiplied by `slow_factor`: an older GPU or a noisy neighbour."""
 
     profiles: tuple[Profile, ...]
     roles: tuple[str, ...]
@@ -167,11 +294,19 @@ class Fleet:
     @classmethod
     def from_spec(cls, spec: FleetSpec) -> Fleet:
         profile = PROFILES[spec.profile].with_overrides(**spec.overrides)
+        factor = spec.slow_factor
+        slow = profile.with_overrides(
+            step_overhead_s=profile.step_overhead_s * factor,
+            prefill_per_token_s=profile.prefill_per_token_s * factor,
+            decode_per_seq_s=profile.decode_per_seq_s * factor,
+            decode_per_context_token_s=profile.decode_per_context_token_s * factor,
+        )
+        profiles = (profile,) * (spec.engines - spec.slow_engines) + (slow,) * spec.slow_engines
         if spec.prefill_engines:
             roles = ("prefill",) * spec.prefill_engines + ("decode",) * (spec.engines - spec.prefill_engines)
         else:
             roles = ("both",) * spec.engines
-        return cls((profile,) * spec.engines, roles)
+        return cls(profiles, roles)
 
     @property
     def disaggregated(self) -> bool:

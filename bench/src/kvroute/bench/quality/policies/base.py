@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kvroute.bench.quality.workloads import Fleet
 from kvroute.simulator.des.harness import EngineView, HarnessListener, RequestRecord, Route, WorkloadRequest
@@ -28,6 +29,10 @@ class Policy(HarnessListener, ABC):
     @abstractmethod
     def route(self, request: WorkloadRequest, engines: Sequence[EngineView], now: float) -> int | Route:
         """The engine for `request` (an index into `engines`), or a `Route` on a P/D fleet."""
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Metrics of the policy itself, added to the run's (e.g. how well it predicted TTFTs); after the run."""
+        return {}
 
 
 class Disaggregated(Policy):

@@ -1,0 +1,1 @@
+"""`kvroute tune`: search the scheduling weights and parameters of an `EndpointPickerConfig` for given traffic."""
