@@ -14,6 +14,21 @@
    written to `CycleState` under `DISAGGREGATION`. No prefill endpoint (profile skipped, missing or empty, or it
    picked d itself): decode only, no header, no plan.
 
+`decider: predicted-latency` replaces step 2's threshold with the latency predictions of two
+`predicted-latency-scorer`s: the one scoring the decode profile with `remotePrefill: true`
+(`decodeLatencyPlugin`, default "decode-latency") and the one scoring the prefill profile
+(`prefillLatencyPlugin`, default "prefill-latency"). The prefill profile always runs; then, for the chosen
+decode endpoint d and prefill endpoint p:
+
+    local  = local_cost_d                          (d computes the uncached prompt itself: its TTFT, its charges
+                                                    and the delay to the sequences decoding on d)
+    remote = cost_p + kvTransferSetupSeconds + kvTransferSecondsPerToken * uncached_d + ttft_d
+             (p's prefill and its charges, moving the KV d lacks, and d joining its decode batch)
+
+and the request is disaggregated only when `remote < local`; otherwise the prefill result is dropped (no header,
+no plan, nothing charged to p). e.g. local 0.300 s, cost_p 0.120 s, 4,000 tokens to move at 2.6 us + 1 ms and
+ttft_d 0.015 s: remote = 0.1464 s, disaggregate. A missing prediction disaggregates, as threshold 0 does.
+
 `mode` says who decides, and when, that the prefill endpoint does the prefill:
 
 - `prefill-first` (default): the router's estimate decides. The request goes to d with the header; d's sidecar
@@ -47,10 +62,12 @@ from kvroute.router.framework import (
 from kvroute.router.framework.plugins import NoEndpointsError
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import prefix_match_key
+from kvroute.router.plugins.scorers.predicted_latency import prediction_key
 
 PREFILLER_HEADER = "x-prefiller-host-port"
 
 Mode = Literal["prefill-first", "decode-first"]
+Decider = Literal["threshold", "predicted-latency"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,33 @@ class PDProfileHandler(ProfileHandler):
             description="Name of the prefix plugin whose match info gives the decode endpoint's cached prefix.",
         )
         mode: Mode = Field(default="prefill-first", description="Who decides that the prefill runs apart.")
+        decider: Decider = Field(
+            default="threshold", description="What decides to disaggregate: `threshold`, or `predicted-latency`."
+        )
+        decode_latency_plugin: str = Field(
+            default="decode-latency",
+            min_length=1,
+            alias="decodeLatencyPlugin",
+            description="predicted-latency decider: the decode profile's predicted-latency-scorer (remotePrefill).",
+        )
+        prefill_latency_plugin: str = Field(
+            default="prefill-latency",
+            min_length=1,
+            alias="prefillLatencyPlugin",
+            description="predicted-latency decider: the prefill profile's predicted-latency-scorer.",
+        )
+        kv_transfer_seconds_per_token: float = Field(
+            default=2.6e-6,
+            ge=0.0,
+            alias="kvTransferSecondsPerToken",
+            description="predicted-latency decider: time to move one token's KV from the prefill endpoint.",
+        )
+        kv_transfer_setup_seconds: float = Field(
+            default=1e-3,
+            ge=0.0,
+            alias="kvTransferSetupSeconds",
+            description="predicted-latency decider: fixed time of one KV transfer.",
+        )
         cache_hit_threshold: float = Field(
             default=0.8,
             ge=0.0,
@@ -121,7 +165,8 @@ class PDProfileHandler(ProfileHandler):
         prefill = profiles.get(prefill_name)
         if prefill_name in results or target is None or prefill is None:
             return {}
-        if self.uncached_tokens(state, request, target) < self._params.threshold:
+        by_threshold = self._params.decider == "threshold"
+        if by_threshold and self.uncached_tokens(state, request, target) < self._params.threshold:
             return {}
         return {prefill_name: prefill}
 
@@ -135,6 +180,9 @@ class PDProfileHandler(ProfileHandler):
             raise NoEndpointsError(f"profile {decode_name!r} found no endpoint for the request")
         prefill_result = results.get(self._params.prefill_profile)
         prefill = prefill_result.primary if prefill_result is not None else None
+        if prefill is not None and prefill != decode and not self._remote_is_faster(state, request, decode, prefill):
+            results = {name: r for name, r in results.items() if name != self._params.prefill_profile}
+            prefill = None
         if prefill is None or prefill == decode:
             return SchedulingResult(profile_results=dict(results), primary_profile=decode_name)
         decode_first = self._params.mode == "decode-first"
@@ -150,6 +198,24 @@ class PDProfileHandler(ProfileHandler):
             primary_profile=decode_name,
             headers={PREFILLER_HEADER: host_port(prefill)},
         )
+
+    def _remote_is_faster(self, state: CycleState, request: LLMRequest, decode: Endpoint, prefill: Endpoint) -> bool:
+        """The `predicted-latency` decider (module docstring); True with the threshold decider."""
+        p = self._params
+        if p.decider != "predicted-latency":
+            return True
+        on_decode = state.read(prediction_key(p.decode_latency_plugin))
+        on_prefill = state.read(prediction_key(p.prefill_latency_plugin))
+        if on_decode is None or on_prefill is None:
+            return True
+        local = on_decode.local_cost.get(decode.id)
+        join = on_decode.ttft.get(decode.id)
+        prefill_cost = on_prefill.cost.get(prefill.id)
+        if local is None or join is None or prefill_cost is None:
+            return True
+        moved = self.uncached_tokens(state, request, decode)
+        remote = prefill_cost + p.kv_transfer_setup_seconds + p.kv_transfer_seconds_per_token * moved + join
+        return remote < local
 
     def uncached_tokens(self, state: CycleState, request: LLMRequest, endpoint: Endpoint) -> int:
         """Estimated prompt tokens missing from the endpoint's prefix cache."""

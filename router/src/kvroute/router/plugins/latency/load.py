@@ -43,6 +43,7 @@ class Flight:
     features: Features  # of its predicted TTFT (`model.ttft_features`), at scheduling
     scheduled_at: float
     learn: bool  # False for a peer's request: its timings reach this router late
+    learn_ttft: bool = True  # False when the prompt was computed elsewhere (P/D): the TTFT is not this endpoint's
     last_chunk_at: float = 0.0
     decoding: bool = False
     done: bool = False

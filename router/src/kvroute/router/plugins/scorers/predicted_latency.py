@@ -49,8 +49,12 @@ P/D: in a `prefill` profile set `profileName: prefill`, so the request's prefill
 at the first token, when the prefill is over) instead of the primary (decode) target; the predicted TTFT then
 prices the prefill endpoint's queue and the uncached prompt there. In the `decode` profile of a pool that
 disaggregates, `remotePrefill: true` prices a decode endpoint without any prefill of its own (`own_e = 0`): the
-steps it takes to join its decode batch, and the wait for KV room for the whole prompt; its observed TTFTs, which
-include the remote prefill, teach nothing (inter-token times still do).
+steps it takes to join its decode batch, and the wait for KV room for the whole prompt; it also publishes the
+cost of the endpoint computing the prompt itself (`LatencyPrediction.local_cost`: its TTFT, the charges above,
+and `decode_e * a * own_e` for the sequences decoding there that its prefill delays), which `pd-profile-handler`
+with `decider: predicted-latency` weighs against the remote path. A disaggregated request's
+observed TTFT includes the remote prefill and teaches nothing (its inter-token times still do); a request the
+handler kept whole is charged and learned from as in an aggregated pool.
 
 The predictions (seconds, before the charges) are published in `CycleState` under `prediction_key(<name>)`.
 """
@@ -99,10 +103,12 @@ _RATE_WINDOW_S = 1.0  # time constant of the arrival-rate estimate
 
 @dataclass(frozen=True, slots=True)
 class LatencyPrediction:
-    """Per endpoint id, the predicted TTFT in seconds (before the charges) and the cost that was scored."""
+    """Per endpoint id, the predicted TTFT in seconds (before the charges) and the cost that was scored; with
+    `remotePrefill`, also the cost if the endpoint computed the prompt itself (`local_cost`; else the same)."""
 
     ttft: Mapping[str, float]
     cost: Mapping[str, float]
+    local_cost: Mapping[str, float]
 
 
 _PREDICTION_KEYS: dict[str, StateKey[LatencyPrediction]] = {}
@@ -228,20 +234,28 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         need = prompt + self._expected_output(request)
         ttfts: dict[str, float] = {}
         costs: dict[str, float] = {}
+        local: dict[str, float] = {}
         charge = self._p.capacity_charge
+        remote = self._p.remote_prefill
         # Requests per second that each candidate can expect while this one's prefill is ahead of them.
         rate = self._arrival_rate(self._clock()) * self._p.arrival_charge / max(1, len(endpoints))
         for endpoint in endpoints:
-            own = self._own(info, endpoint.id, prompt)
-            coefficients = self.learner.costs(endpoint.id)
-            ttft = linear(coefficients.as_tuple(), self._features(endpoint, own, need))
+            own = 0 if remote else self._uncached(info, endpoint.id, prompt)
+            coefficients = self.learner.costs(endpoint.id).as_tuple()
+            ttft = linear(coefficients, self._features(endpoint, own, need))
             ttfts[endpoint.id] = ttft
-            costs[endpoint.id] = ttft + (charge + rate * ttft) * coefficients.prefill_per_token * own
+            costs[endpoint.id] = ttft + (charge + rate * ttft) * coefficients[0] * own
+            if remote:
+                local[endpoint.id] = self._local_cost(
+                    endpoint, coefficients, self._uncached(info, endpoint.id, prompt), need, rate
+                )
         previous = state.read(self._prediction_key)
+        local = local if remote else costs
         if previous is not None:  # a second profile of the same request: keep both profiles' candidates
             ttfts = {**previous.ttft, **ttfts}
             costs = {**previous.cost, **costs}
-        state.write(self._prediction_key, LatencyPrediction(ttfts, costs))
+            local = {**previous.local_cost, **local}
+        state.write(self._prediction_key, LatencyPrediction(ttfts, costs, local))
         if not endpoints:
             return {}
         low = min(costs[e.id] for e in endpoints)
@@ -269,10 +283,16 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             wait = self._p.kv_wait_charge * min(1.0, overflow / max(held, 1.0)) * self._mean_output
         return ttft_features(queued, own, decode, context, self._shape, wait)
 
-    def _own(self, info: PrefixMatchInfo | None, endpoint_id: str, prompt: int) -> int:
-        """The prompt tokens the endpoint computes itself (none when the prompt's KV comes from elsewhere)."""
-        if self._p.remote_prefill:
-            return 0
+    def _local_cost(self, endpoint: Endpoint, coefficients: Features, own: int, need: int, rate: float) -> float:
+        """The cost of a decode endpoint computing the prompt itself: its TTFT, the usual charges, and the delay
+        its prefill adds to every sequence decoding there (which a prefill endpoint would not delay)."""
+        features = self._features(endpoint, own, need)
+        ttft = linear(coefficients, features)
+        decoding = features[2] / features[1] if features[1] else 0.0
+        return ttft + (self._p.capacity_charge + rate * ttft + decoding) * coefficients[0] * own
+
+    @staticmethod
+    def _uncached(info: PrefixMatchInfo | None, endpoint_id: str, prompt: int) -> int:
         return info.uncached_tokens(endpoint_id) if info is not None else prompt
 
     def _arrival_rate(self, now: float) -> float:
@@ -298,7 +318,12 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             return
         info = state.read(self._match_key)
         prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
-        own = self._own(info, target.id, prompt)
+        # A decode target prefills nothing only when another profile picked where the prompt is computed.
+        remote = self._p.remote_prefill and any(
+            name != profile and r.primary is not None and r.primary != target
+            for name, r in result.profile_results.items()
+        )
+        own = 0 if remote else self._uncached(info, target.id, prompt)
         now = self._clock()
         output = self._expected_output(request)
         flight = Flight(
@@ -309,6 +334,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             features=self._features(target, own, prompt + output),
             scheduled_at=now,
             learn=self._p.learning,
+            learn_ttft=not remote,
             last_chunk_at=now,
         )
         self.loads.charge(flight)
@@ -352,7 +378,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             return
         now = self._clock()
         if not flight.decoding:
-            if flight.learn and not self._p.remote_prefill:
+            if flight.learn and flight.learn_ttft:
                 self.learner.observe(flight.endpoint_id, flight.features, now - flight.scheduled_at)
             if self._p.profile_name is not None:  # a prefill target: its part ends with the prefill
                 self.loads.complete(flight)
@@ -383,6 +409,11 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
     def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:
         for endpoint_id in endpoint_ids:
             self.learner.forget(endpoint_id)
+
+    @property
+    def profile_name(self) -> str | None:
+        """The profile whose pick this scorer charges (None: the primary profile)."""
+        return self._p.profile_name
 
     def load(self, endpoint_id: str) -> EndpointLoad:
         return self.loads.get(endpoint_id)
