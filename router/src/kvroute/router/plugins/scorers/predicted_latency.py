@@ -7,7 +7,7 @@ parameters) and `latency.model`'s step model:
     own_e     = the request's prompt tokens missing from e's prefix cache (`PrefixMatchInfo` of the plugin named
                 `prefixPluginName`; the whole prompt without it)
     queued_e  = uncached prompt tokens of the requests this router (and its fleet peers) sent to e that have no
-                first token yet
+                first token yet, less the progress of the oldest of them (`latency.load`)
               + max(0, waiting_e - prefilling_e) * mean_own      (requests in e's scraped waiting queue that this
                 router did not send, at the mean uncached size seen so far)
     decode_e  = max(decoding_e, running_e)       (sequences decoding beside it: tracked, or scraped if more)
@@ -238,17 +238,17 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         charge = self._p.capacity_charge
         remote = self._p.remote_prefill
         # Requests per second that each candidate can expect while this one's prefill is ahead of them.
-        rate = self._arrival_rate(self._clock()) * self._p.arrival_charge / max(1, len(endpoints))
+        now = self._clock()
+        rate = self._arrival_rate(now) * self._p.arrival_charge / max(1, len(endpoints))
         for endpoint in endpoints:
             own = 0 if remote else self._uncached(info, endpoint.id, prompt)
             coefficients = self.learner.costs(endpoint.id).as_tuple()
-            ttft = linear(coefficients, self._features(endpoint, own, need))
+            ttft = linear(coefficients, self._features(endpoint, own, need, now, coefficients[0]))
             ttfts[endpoint.id] = ttft
             costs[endpoint.id] = ttft + (charge + rate * ttft) * coefficients[0] * own
             if remote:
-                local[endpoint.id] = self._local_cost(
-                    endpoint, coefficients, self._uncached(info, endpoint.id, prompt), need, rate
-                )
+                itself = self._uncached(info, endpoint.id, prompt)
+                local[endpoint.id] = self._local_cost(endpoint, coefficients, itself, need, rate, now)
         previous = state.read(self._prediction_key)
         local = local if remote else costs
         if previous is not None:  # a second profile of the same request: keep both profiles' candidates
@@ -262,11 +262,11 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         scale = self._p.score_scale_seconds
         return {e.id: max(0.0, 1.0 - (costs[e.id] - low) / scale) for e in endpoints}
 
-    def _features(self, endpoint: Endpoint, own: int, need: int) -> Features:
+    def _features(self, endpoint: Endpoint, own: int, need: int, now: float, prefill_per_token: float) -> Features:
         """The model's features of this request's TTFT on the endpoint (`model.ttft_features`)."""
         load = self.loads.get(endpoint.id)
         metrics = endpoint.metrics
-        queued = float(load.prefill_tokens)
+        queued = load.remaining_prefill(now, prefill_per_token)
         decode = float(load.decoding)
         context = float(load.context_tokens)
         held = float(load.kv_tokens)
@@ -283,10 +283,12 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             wait = self._p.kv_wait_charge * min(1.0, overflow / max(held, 1.0)) * self._mean_output
         return ttft_features(queued, own, decode, context, self._shape, wait)
 
-    def _local_cost(self, endpoint: Endpoint, coefficients: Features, own: int, need: int, rate: float) -> float:
+    def _local_cost(
+        self, endpoint: Endpoint, coefficients: Features, own: int, need: int, rate: float, now: float
+    ) -> float:
         """The cost of a decode endpoint computing the prompt itself: its TTFT, the usual charges, and the delay
         its prefill adds to every sequence decoding there (which a prefill endpoint would not delay)."""
-        features = self._features(endpoint, own, need)
+        features = self._features(endpoint, own, need, now, coefficients[0])
         ttft = linear(coefficients, features)
         decoding = features[2] / features[1] if features[1] else 0.0
         return ttft + (self._p.capacity_charge + rate * ttft + decoding) * coefficients[0] * own
@@ -331,7 +333,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             own_tokens=own,
             context_tokens=prompt + output // 2,
             kv_tokens=own + output,
-            features=self._features(target, own, prompt + output),
+            features=self._features(target, own, prompt + output, now, self.learner.costs(target.id).prefill_per_token),
             scheduled_at=now,
             learn=self._p.learning,
             learn_ttft=not remote,
@@ -363,7 +365,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
     ) -> None:
         flight = state.read(self._flight_key)
         if flight is not None and self._p.profile_name is None:
-            self.loads.move(flight, endpoint.id)
+            self.loads.move(flight, endpoint.id, self._clock())
 
     def on_response_chunk(
         self,
@@ -381,9 +383,9 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             if flight.learn and flight.learn_ttft:
                 self.learner.observe(flight.endpoint_id, flight.features, now - flight.scheduled_at)
             if self._p.profile_name is not None:  # a prefill target: its part ends with the prefill
-                self.loads.complete(flight)
+                self.loads.complete(flight, now)
                 return
-            self.loads.first_token(flight)
+            self.loads.first_token(flight, now)
         elif flight.learn and not self._prefill_possible(endpoint):
             load = self.loads.get(flight.endpoint_id)
             features = step_features(0.0, load.decoding, load.context_tokens)
@@ -402,7 +404,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         flight = state.read(self._flight_key)
         if flight is None or flight.done:
             return
-        self.loads.complete(flight)
+        self.loads.complete(flight, self._clock())
         if flight.learn and response.output_tokens > 0:
             self._mean_output += _MEAN_ALPHA * (response.output_tokens - self._mean_output)
 
