@@ -104,14 +104,26 @@ PRECISE_PARAMETERS: dict[str, Any] = {"kvEvents": {"endpointPort": 5557}, "token
 
 
 def with_precise_prefix(document: str) -> str:
-    """`document` with its approximate `prefix-cache-scorer` replaced by `precise-prefix-cache-scorer` under the
-    same name, so the plugins that read its match info (no-hit-lru, token-load, active-blocks, P/D) still do."""
+    """`document` with its approximate prefix plugin (`prefix-cache-scorer` or `approx-prefix-cache-producer`)
+    replaced by `precise-prefix-cache-scorer` under the same name, so the plugins that read its match info
+    (no-hit-lru, token-load, active-blocks, predicted-latency, P/D) still do. A producer becomes a scorer of weight 0
+    in every profile: a scorer publishes its match info only where it runs. Its match length is kept."""
     parsed = yaml.safe_load(document)
     for plugin in parsed["plugins"]:
-        if plugin["type"] == "prefix-cache-scorer":
-            plugin["name"] = plugin.get("name", plugin["type"])
-            plugin["type"] = "precise-prefix-cache-scorer"
-            plugin["parameters"] = dict(PRECISE_PARAMETERS)
+        if plugin["type"] not in ("prefix-cache-scorer", "approx-prefix-cache-producer"):
+            continue
+        name = plugin["name"] = plugin.get("name", plugin["type"])
+        parameters = dict(PRECISE_PARAMETERS)
+        kept = plugin.get("parameters") or {}
+        if "maxPrefixBlocksToMatch" in kept:
+            # The same length in the engine's 16-token blocks the precise index keys.
+            tokens = kept["maxPrefixBlocksToMatch"] * kept.get("blockSizeTokens", 16)
+            parameters["maxPrefixBlocksToMatch"] = tokens // 16
+        if plugin["type"] == "approx-prefix-cache-producer":
+            for profile in parsed["schedulingProfiles"]:
+                profile["plugins"].insert(0, {"pluginRef": name, "weight": 0})
+        plugin["type"] = "precise-prefix-cache-scorer"
+        plugin["parameters"] = parameters
     return yaml.safe_dump(parsed, sort_keys=False)
 
 
