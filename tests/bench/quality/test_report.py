@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from kvroute.bench.quality.policies.catalog import select
-from kvroute.bench.quality.report import command, family_table, verdict, write_all
+from kvroute.bench.quality.report import command, family_table, summary, verdict, write_all
 from kvroute.bench.quality.runner import run
 from kvroute.bench.quality.workloads import WorkloadSpec
 
@@ -83,3 +83,20 @@ def test_the_family_table_is_the_geometric_mean_of_ratios_to_the_best_peer() -> 
         "kvroute bench quality --workloads other --families a --sample 2 --policies random,dynamo,oracle,kvroute "
         "--seed 0 --out o"
     )
+
+
+def test_the_summary_counts_verdicts_and_names_the_worst_workload_against_the_oracle() -> None:
+    results = {
+        "results": {
+            "a": p90(random=2.0, oracle=0.5, kvroute=0.5),  # win, 0.25x
+            "b": p90(random=1.0, oracle=1.0, kvroute=1.02),  # tie, 1.02x
+            "c": p90(random=1.0, oracle=1.0, kvroute=1.5),  # loss, 1.5x, 1.5x the oracle
+        },
+    }
+    (line, _) = summary(results)
+    # geometric mean (0.25 x 1.02 x 1.5) ** (1/3) = 0.7262
+    assert line == (
+        "kvroute against the best peer over 3 workloads: 1 wins, 1 ties, 1 losses; geometric mean of TTFT p90 / "
+        "best peer 0.726; worst c at 1.50x (1.50x the oracle)."
+    )
+    assert summary({"results": {"a": p90(oracle=1.0, kvroute=1.0)}}) == []

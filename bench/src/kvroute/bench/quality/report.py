@@ -149,7 +149,32 @@ def family_table(results: Mapping[str, Any]) -> list[str]:
         cells = [_cell(math.exp(sum(map(math.log, r)) / len(r)) if r else None, "{:.2f}") for r in ratios.values()]
         lines.append(f"| {family} | {len(names)} | " + " | ".join(cells) + " |")
     lines.append("")
-    return lines
+    return lines + summary(results)
+
+
+def summary(results: Mapping[str, Any]) -> list[str]:
+    """kvroute against the best peer over every workload: verdicts, the geometric mean of the TTFT p90 ratios,
+    and the worst workload with its ratio to the oracle."""
+    ratios: list[tuple[float, str]] = []
+    counts = {"win": 0, "tie": 0, "loss": 0}
+    for name, per_policy in results["results"].items():
+        found = verdict(per_policy)
+        if found is not None:
+            counts[found[0]] += 1
+            ratios.append((found[2], name))
+    if not ratios:
+        return []
+    mean = math.exp(sum(math.log(max(r, 1e-9)) for r, _ in ratios) / len(ratios))
+    worst, name = max(ratios)
+    line = (
+        f"kvroute against the best peer over {len(ratios)} workloads: {counts['win']} wins, {counts['tie']} ties, "
+        f"{counts['loss']} losses; geometric mean of TTFT p90 / best peer {mean:.3f}; worst {name} at {worst:.2f}x"
+    )
+    oracle = results["results"][name].get(ORACLE, {}).get("ttft_p90_s")
+    ours = results["results"][name][KVROUTE]["ttft_p90_s"]
+    if oracle:
+        line += f" ({ours / oracle:.2f}x the oracle)"
+    return [line + ".", ""]
 
 
 def _cell(value: Any, fmt: str) -> str:
