@@ -4,12 +4,17 @@ from collections.abc import Sequence
 
 from kvroute.bench.quality.adapter import SCRAPE_INTERVAL_S, SchedulerPolicy, endpoints_for
 from kvroute.bench.quality.generators import Workload
-from kvroute.bench.quality.policies.configs import LLMD_BLEND, RANDOM, ROUND_ROBIN
+from kvroute.bench.quality.policies.configs import LLMD_BLEND, RANDOM, ROUND_ROBIN, Recipe
 from kvroute.router.config.recommended import recommended_config_text
 from kvroute.router.framework import EndpointMetrics
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
+from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer
 from kvroute.router.plugins.scorers.token_load import TokenLoadScorer
 from kvroute.simulator.des.harness import EngineView, RequestRecord, SimulationResult, simulate
+
+RECIPE_WITH_LOAD_SCORERS = Recipe(
+    (("prefix-cache-scorer", 3.0), ("token-load-scorer", 2.0), ("active-blocks-scorer", 1.0))
+).document(disaggregated=False)
 
 
 def run(workload: Workload, policy: SchedulerPolicy) -> SimulationResult:
@@ -42,12 +47,29 @@ def test_every_request_completes_and_the_router_state_drains(tiny: Workload) -> 
     result = run(tiny, policy)
     assert result.unfinished == 0
     assert policy.in_flight == 0
-    plugins = policy.config.plugins
+    latency = next(p for p in policy.config.plugins.values() if isinstance(p, PredictedLatencyScorer))
+    assert len(latency.loads) == 0
+    blend = SchedulerPolicy(RECIPE_WITH_LOAD_SCORERS, tiny.fleet, seed=0)
+    assert run(tiny, blend).unfinished == 0
+    plugins = blend.config.plugins
     token_load = next(p for p in plugins.values() if isinstance(p, TokenLoadScorer))
     active_blocks = next(p for p in plugins.values() if isinstance(p, ActiveBlocksScorer))
-    for endpoint in policy.endpoints:
+    for endpoint in blend.endpoints:
         assert token_load.in_flight_tokens(endpoint.id) == 0
         assert active_blocks.active_blocks(endpoint.id) == 0
+
+
+def test_the_run_reports_how_far_the_predicted_ttfts_were_from_the_simulated_ones(tiny: Workload) -> None:
+    policy = SchedulerPolicy(recommended_config_text(), tiny.fleet, seed=0)
+    run(tiny, policy)
+    metrics = policy.extra_metrics()
+    assert set(metrics) == {"ttft_prediction_error_p50_s", "ttft_prediction_error_p90_s", "ttft_prediction_bias_s"}
+    # The tiny profile's steps last 6-45 ms: a median error of a step or so is what the model should reach.
+    assert 0 <= metrics["ttft_prediction_error_p50_s"] <= metrics["ttft_prediction_error_p90_s"]
+    assert metrics["ttft_prediction_error_p50_s"] < 0.05
+    without = SchedulerPolicy(LLMD_BLEND.document(disaggregated=False), tiny.fleet, seed=0)
+    run(tiny, without)
+    assert without.extra_metrics() == {}
 
 
 def test_metrics_are_a_scrape_of_the_engines_taken_every_50_ms(tiny: Workload) -> None:
@@ -78,6 +100,10 @@ def test_a_pd_config_disaggregates_through_the_real_handler(tiny_pd: Workload) -
     policy = SchedulerPolicy(recommended_config_text(disaggregated=True), tiny_pd.fleet, seed=0)
     result = run(tiny_pd, policy)
     assert result.unfinished == 0 and policy.in_flight == 0
-    assert {r.prefill_engine for r in result.records} <= {0, 1}
+    assert {r.prefill_engine for r in result.records} <= {0, 1, None}
     assert {r.engine for r in result.records} <= {2, 3}
-    assert all(r.prefill_engine is not None for r in result.records)  # threshold 0: always disaggregated
+    # The recommended handler decides by predicted latency: some requests are prefilled apart, some kept whole.
+    assert any(r.prefill_engine is not None for r in result.records)
+    threshold = SchedulerPolicy(LLMD_BLEND.document(disaggregated=True), tiny_pd.fleet, seed=0)
+    everything = run(tiny_pd, threshold)
+    assert all(r.prefill_engine is not None for r in everything.records)  # threshold 0: always disaggregated

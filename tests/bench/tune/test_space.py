@@ -8,25 +8,48 @@ import yaml
 from kvroute.bench.tune.space import SpaceError, build_space, load_space
 from kvroute.router.config.recommended import recommended_config_text
 
+LOAD_SCORERS = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: prefix-cache-scorer
+  - type: token-load-scorer
+    parameters: {queueThresholdTokens: 16384}
+  - type: active-blocks-scorer
+  - type: max-score-picker
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {pluginRef: prefix-cache-scorer, weight: 3}
+      - {pluginRef: token-load-scorer, weight: 2}
+      - {pluginRef: active-blocks-scorer, weight: 1}
+      - {pluginRef: max-score-picker}
+"""
+
 
 def test_derived_from_the_recommended_configuration() -> None:
     space = build_space(recommended_config_text())
 
     dims = {d.name: d for d in space.dimensions}
     assert list(dims) == [
-        "default/prefix-cache-scorer",
+        "default/predicted-latency-scorer",
         "default/no-hit-lru-scorer",
         "default/lora-affinity-scorer",
-        "default/token-load-scorer",
-        "default/active-blocks-scorer",
-        "default/queue-scorer",
-        "default/kv-cache-utilization-scorer",
-        "token-load-scorer.queueThresholdTokens",
-        "active-blocks-scorer.overlapWeight",
+        "predicted-latency-scorer.capacityCharge",
+        "predicted-latency-scorer.arrivalCharge",
+        "predicted-latency-scorer.kvWaitCharge",
     ]
-    prefix = dims["default/prefix-cache-scorer"]
-    assert (prefix.base, prefix.range.low, prefix.range.high, prefix.range.log) == (3.0, 0.75, 12.0, True)
-    assert prefix.range.zero > 0  # dropping a scorer is part of the space
+    latency = dims["default/predicted-latency-scorer"]
+    assert (latency.base, latency.range.low, latency.range.high, latency.range.log) == (1.0, 0.25, 4.0, True)
+    assert latency.range.zero > 0  # dropping a scorer is part of the space
+    charge = dims["predicted-latency-scorer.capacityCharge"]
+    assert (charge.base, charge.range.low, charge.range.high) == (0.5, 0.0, 4.0)
+
+
+def test_a_parameter_the_base_leaves_at_its_default_is_searched_from_the_plugins_default() -> None:
+    space = build_space(LOAD_SCORERS)
+
+    dims = {d.name: d for d in space.dimensions}
     threshold = dims["token-load-scorer.queueThresholdTokens"]
     assert (threshold.base, threshold.range.integer) == (16384, True)
     assert dims["active-blocks-scorer.overlapWeight"].base == 1.0  # the plugin's default: the base sets none
@@ -36,8 +59,8 @@ def test_pd_weights_per_profile() -> None:
     space = build_space(recommended_config_text(disaggregated=True))
 
     names = {d.name for d in space.dimensions}
-    assert {"decode/token-load-scorer", "prefill/prefix-cache-scorer", "prefill/queue-scorer"} <= names
-    assert "pd-profile-handler.threshold" in names
+    assert {"decode/decode-latency", "prefill/prefill-latency", "prefill/no-hit-lru-scorer"} <= names
+    assert {"decode-latency.capacityCharge", "prefill-latency.arrivalCharge"} <= names
     assert not any(name.endswith("-filter") or name.endswith("-picker") for name in names)
 
 

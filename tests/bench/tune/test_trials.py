@@ -41,8 +41,12 @@ def test_odd_trials_explore_even_trials_nudge(space: Space) -> None:
         changed = [name for name in point if point[name] != base[name]]
         assert 1 <= len(changed) < len(base)
         for dim in space.dimensions:
-            if dim.name in changed and point[dim.name] and dim.base:
+            if dim.name not in changed or not point[dim.name] or not dim.base:
+                continue
+            if dim.range.log:
                 assert 0.49 <= point[dim.name] / dim.base <= 2.01  # within a factor of 2
+            else:  # within a quarter of the range's width
+                assert abs(point[dim.name] - dim.base) <= 0.2501 * (dim.range.high - dim.range.low)
 
 
 def test_every_trial_loads_in_the_router(space: Space) -> None:

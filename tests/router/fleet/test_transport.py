@@ -22,8 +22,11 @@ from kvroute.router.fleet.transport import FleetSettings, FleetTransport
 from kvroute.router.framework import ApiKind, CycleState, Endpoint, LLMRequest, Scorer
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.plugins.registry import REGISTRY
+from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer
 from kvroute.router.requestcontrol.director import Director
 from kvroute.router.requestcontrol.handle import RequestHandle
+
+from .conftest import LOAD_SCORERS_CONFIG
 
 MODEL = "fleet-model"
 ENDPOINTS = tuple(Endpoint.create(f"127.0.9.{i}", 8000) for i in range(1, 5))
@@ -66,6 +69,25 @@ class Replica:
         request = LLMRequest("probe", MODEL, ApiKind.COMPLETIONS, "probe", {}, {})
         return scorer.score(CycleState(), request, self.pool.snapshot())[endpoint_id]
 
+    def load(self, endpoint_id: str) -> object:
+        """The in-flight load charged to an endpoint, as the configuration's load scorer sees it: the token-load
+        scorer's score (1.0 when nothing is in flight), else the predicted-latency scorer's `EndpointLoad`."""
+        plugins = self.holder.current.plugins
+        if "token-load-scorer" in plugins:
+            return self.token_load(endpoint_id)
+        scorer = plugins["predicted-latency-scorer"]
+        assert isinstance(scorer, PredictedLatencyScorer)
+        return scorer.load(endpoint_id)
+
+    def idle(self, endpoint_id: str) -> bool:
+        """Whether nothing is charged to the endpoint (for the predicted-latency scorer: to any endpoint)."""
+        plugins = self.holder.current.plugins
+        if "token-load-scorer" in plugins:
+            return self.token_load(endpoint_id) == 1.0
+        scorer = plugins["predicted-latency-scorer"]
+        assert isinstance(scorer, PredictedLatencyScorer)
+        return len(scorer.loads) == 0
+
 
 Start = Callable[..., Awaitable[Replica]]
 
@@ -74,8 +96,10 @@ Start = Callable[..., Awaitable[Replica]]
 async def replicas() -> AsyncIterator[Start]:
     started: list[Replica] = []
 
-    async def start(name: str, *, peer_timeout: float = 10.0, host: str | None = None, port: int = 0) -> Replica:
-        holder = ConfigHolder.load(REGISTRY, recommended_config_text())
+    async def start(
+        name: str, *, peer_timeout: float = 10.0, host: str | None = None, port: int = 0, config: str | None = None
+    ) -> Replica:
+        holder = ConfigHolder.load(REGISTRY, recommended_config_text() if config is None else config)
         pool = EndpointPool(ENDPOINTS)
         sync = FleetSync(name, lambda: holder.current, pool.by_id, peer_timeout=peer_timeout)
         settings = FleetSettings(name, StaticPeers(()), host=host or next(_HOSTS), port=port, interval=0.005)
@@ -90,6 +114,11 @@ async def replicas() -> AsyncIterator[Start]:
     finally:
         for replica in started:
             await replica.transport.stop()
+
+
+# The load scorers' configuration (token-load) and the recommended one (predicted-latency): both share their
+# in-flight charges with the peers.
+CONFIGS = pytest.mark.parametrize("config", [LOAD_SCORERS_CONFIG, None], ids=["load-scorers", "recommended"])
 
 
 async def eventually(what: str, predicate: Callable[[], bool], within: float = 20.0) -> None:
@@ -131,19 +160,20 @@ async def test_a_peer_routes_a_known_prefix_where_the_replica_that_saw_it_sent_i
     assert "a" not in a.sync.peers and "b" not in b.sync.peers
 
 
-async def test_in_flight_load_is_shared_and_released_on_completion(replicas: Start) -> None:
-    a, b = await replicas("a"), await replicas("b")
+@CONFIGS
+async def test_in_flight_load_is_shared_and_released_on_completion(replicas: Start, config: str | None) -> None:
+    a, b = await replicas("a", config=config), await replicas("b", config=config)
     await connect(a, b)
 
     handle = a.route(prompt(7))
     target = handle.endpoint.id
-    assert a.token_load(target) < 1.0
+    assert not a.idle(target)
     await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
-    assert b.token_load(target) == a.token_load(target)
+    assert b.load(target) == a.load(target)
 
     handle.complete()
     await eventually("b releases it", lambda: b.sync.open_peer_requests == 0)
-    assert b.token_load(target) == 1.0
+    assert b.idle(target)
 
 
 async def test_malformed_messages_are_counted_and_the_loop_goes_on(replicas: Start) -> None:
@@ -177,34 +207,39 @@ async def test_malformed_messages_are_counted_and_the_loop_goes_on(replicas: Sta
         stray.close()
 
 
-async def test_a_restarted_peer_is_recognised_and_its_predecessors_requests_released(replicas: Start) -> None:
-    a, b = await replicas("a"), await replicas("b")
+@CONFIGS
+async def test_a_restarted_peer_is_recognised_and_its_predecessors_requests_released(
+    replicas: Start, config: str | None
+) -> None:
+    a, b = await replicas("a", config=config), await replicas("b", config=config)
     await connect(a, b)
     target = a.route(prompt(20)).endpoint.id  # never completed: a dies with it in flight
     await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
-    assert b.token_load(target) < 1.0
+    assert not b.idle(target)
 
     host, _, port = a.transport.address.rpartition(":")
     await a.transport.stop()
     # The same replica id on the same address, as a pod restarting in place: a new incarnation.
-    again = await replicas("a", host=host, port=int(port))
+    again = await replicas("a", host=host, port=int(port), config=config)
     again.transport.set_peers([b.transport.address])
     await eventually("b hears the new a", lambda: b.sync.peers.get("a") is not None and b.sync.open_peer_requests == 0)
     assert b.sync.peers["a"].incarnation == again.sync.incarnation != a.sync.incarnation
-    assert b.token_load(target) == 1.0
+    assert b.idle(target)
 
 
-async def test_a_silent_peer_expires_and_its_requests_are_released(replicas: Start) -> None:
-    a, b = await replicas("a"), await replicas("b", peer_timeout=0.5)
+@CONFIGS
+async def test_a_silent_peer_expires_and_its_requests_are_released(replicas: Start, config: str | None) -> None:
+    a, b = await replicas("a", config=config), await replicas("b", peer_timeout=0.5, config=config)
     await connect(a, b)
     target = a.route(prompt(30)).endpoint.id
     await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
+    assert not b.idle(target)
 
     await a.transport.stop()
     await eventually("b forgets a", lambda: not b.sync.peers, within=10.0)
     assert b.sync.open_peer_requests == 0
     assert b.sync.counters.expired_peers == 1
-    assert b.token_load(target) == 1.0
+    assert b.idle(target)
 
 
 async def test_a_peer_no_longer_listed_is_no_longer_heard(replicas: Start) -> None:

@@ -134,11 +134,15 @@ async def test_an_endpoint_killed_under_load_costs_no_request_and_leaks_no_state
     try:
         done: list[Result] = []
         load = asyncio.create_task(run_load(server.base_url, 300, 16, lambda i: completion(i, 32), done=done))
-        await wait_for(lambda: len(done) >= 60, within=20)
         victim_id = f"{victim.host}:{victim.port}"
-        in_flight_on_victim = server.metrics.registry.get_sample_value(
-            "kvroute_requests_in_flight", {"endpoint": victim_id}
-        )
+
+        def in_flight_on(endpoint_id: str) -> float | None:
+            return server.metrics.registry.get_sample_value("kvroute_requests_in_flight", {"endpoint": endpoint_id})
+
+        # The whole load takes well under a second and each endpoint has 0 to 4 requests in flight from one moment
+        # to the next: the kill waits for a moment with some on the victim, and follows the reading at once.
+        await wait_for(lambda: len(done) >= 60 and (in_flight_on(victim_id) or 0) > 0, within=20)
+        in_flight_on_victim = in_flight_on(victim_id)
         os.kill(victim.pid, signal.SIGKILL)
         completed_at_kill = len(done)
         results = await load

@@ -20,7 +20,7 @@ request on the plan's prefill endpoint first.
 Plugins that read the time (`uses_clock`) get the harness's virtual clock. When a `predicted-latency-scorer`
 predicted the TTFT of the endpoint a request was sent to, the run also reports how far off it was
 (`ttft_prediction_error_p50_s` / `_p90_s`: absolute error; `ttft_prediction_bias_s`: median of predicted -
-actual), from the scorer of the primary profile.
+actual), from a scorer that predicts the whole TTFT (not the prefill or decode part of a P/D pool).
 
 The prefix scorer's index sweep runs on the wall clock; it drops only endpoints that no request was matched
 against since the previous sweep, which never happens here because every request is matched against every
@@ -108,7 +108,7 @@ class SchedulerPolicy(Policy):
         self._predictors = [
             prediction_key(name)
             for name, plugin in self.config.plugins.items()
-            if isinstance(plugin, PredictedLatencyScorer) and plugin.profile_name is None
+            if isinstance(plugin, PredictedLatencyScorer) and plugin.predicts_whole_ttft
         ]
         self._predicted: dict[str, float] = {}
         self._errors: list[float] = []  # predicted - actual TTFT, seconds

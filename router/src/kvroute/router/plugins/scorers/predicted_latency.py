@@ -417,5 +417,10 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         """The profile whose pick this scorer charges (None: the primary profile)."""
         return self._p.profile_name
 
+    @property
+    def predicts_whole_ttft(self) -> bool:
+        """Whether `LatencyPrediction.ttft` is the request's whole TTFT: not for a P/D prefill or decode part."""
+        return self._p.profile_name is None and not self._p.remote_prefill
+
     def load(self, endpoint_id: str) -> EndpointLoad:
         return self.loads.get(endpoint_id)
