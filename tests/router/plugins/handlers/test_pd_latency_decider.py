@@ -36,10 +36,11 @@ from kvroute.router.plugins.scorers.predicted_latency import (
 from kvroute.simulator.des.harness import WorkloadRequest, simulate
 
 # Both scorers' prior: 40 us per prompt token, 5 ms per step, 100 us per decoding sequence, 0.1 us per context
-# token, 1 ms per request, 4,096 tokens per step; no arrival term, so the capacity charge is 3 * a * own.
+# token, 1 ms per request, 4,096 tokens per step; a capacity charge of 3 and no arrival term, so the charge is
+# 3 * a * own.
 PRIOR = (
     "prefillTokensPerSecond: 25000, stepOverheadSeconds: 0.005, decodeSecondsPerSequence: 0.0001, "
-    "decodeSecondsPerContextToken: 1.0e-7, maxBatchedTokens: 4096, arrivalCharge: 0"
+    "decodeSecondsPerContextToken: 1.0e-7, maxBatchedTokens: 4096, capacityCharge: 3.0, arrivalCharge: 0"
 )
 
 

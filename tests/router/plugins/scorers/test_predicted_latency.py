@@ -28,7 +28,8 @@ from kvroute.router.plugins.scorers.predicted_latency import (
 
 NAME = "predicted-latency-scorer"
 # The prior of CONFIG: 40 us per prompt token, 5 ms per step, 100 us per decoding sequence, 0.1 us per context
-# token, 1 ms per request (the default `requestOverheadSeconds`), 4,096 tokens per step.
+# token, 1 ms per request (the default `requestOverheadSeconds`), 4,096 tokens per step; a capacity charge of 3
+# (3 * a * own). The arrival charge is each test's own (the default unless stated).
 PREFILL, STEP, SEQ, CTX, REQ = 4e-5, 0.005, 1e-4, 1e-7, 0.001
 PRIOR = StepCosts(PREFILL, STEP, SEQ, CTX, REQ)
 SHAPE = EngineShape(max_batched_tokens=4096)
@@ -45,6 +46,7 @@ plugins:
       decodeSecondsPerSequence: 0.0001
       decodeSecondsPerContextToken: 1.0e-7
       maxBatchedTokens: 4096
+      capacityCharge: 3.0
       %s
   - type: max-score-picker
 schedulingProfiles:
@@ -257,7 +259,7 @@ def arrival_cost(per_candidate_rate: float, arrival_charge: float = 1.0) -> floa
 
 
 def test_requests_scheduled_just_before_charge_the_requests_that_will_queue_behind() -> None:
-    router = Router()
+    router = Router("arrivalCharge: 1.0")
     elsewhere, a, b = endpoint(3), endpoint(1), endpoint(2)
     for i in range(2):  # two requests scheduled at t=0, on an endpoint that is not a candidate
         router.charge(request(prompt_of(500, f"before {i}")), elsewhere)
@@ -275,7 +277,7 @@ def test_requests_scheduled_just_before_charge_the_requests_that_will_queue_behi
 
 
 def test_the_arrival_rate_decays_with_a_one_second_time_constant() -> None:
-    router = Router()
+    router = Router("arrivalCharge: 1.0")
     elsewhere, pool = endpoint(3), [endpoint(1), endpoint(2)]
     for i in range(2):
         router.charge(request(prompt_of(500, f"before {i}")), elsewhere)
@@ -308,7 +310,7 @@ def test_the_arrival_charge_scales_the_term_and_0_removes_it(charge: float) -> N
 
 
 def test_the_arrival_term_prices_a_long_uncached_prompt_more_where_its_ttft_is_longer() -> None:
-    router = Router()
+    router = Router("arrivalCharge: 1.0")
     elsewhere, idle, busy = endpoint(3), endpoint(1), endpoint(2)
     router.charge(request(prompt_of(3000, "queued")), busy)  # 3,000 tokens ahead on busy
     router.charge(request(prompt_of(500, "other")), elsewhere)
@@ -322,7 +324,7 @@ def test_the_arrival_term_prices_a_long_uncached_prompt_more_where_its_ttft_is_l
 
 
 def test_a_peers_scheduled_requests_count_in_the_arrival_rate() -> None:
-    here, peer = Router(), Router()
+    here, peer = Router("arrivalCharge: 1.0"), Router("arrivalCharge: 1.0")
     elsewhere, pool = endpoint(3), [endpoint(1), endpoint(2)]
     for i in range(2):
         llm_request = request(prompt_of(500, f"peer {i}"))

@@ -27,10 +27,11 @@ from kvroute.router.plugins.scorers.predicted_latency import (
 )
 
 # Both scorers' prior: 40 us per prompt token, 5 ms per step, 100 us per decoding sequence, 0.1 us per context
-# token, 1 ms per request, 4,096 tokens per step.
+# token, 1 ms per request, 4,096 tokens per step; a capacity charge of 3 (3 * a * own; the arrival charge is set
+# by `Router`, 0 unless a test states it).
 PRIOR = (
     "prefillTokensPerSecond: 25000, stepOverheadSeconds: 0.005, decodeSecondsPerSequence: 0.0001, "
-    "decodeSecondsPerContextToken: 1.0e-7, maxBatchedTokens: 4096"
+    "decodeSecondsPerContextToken: 1.0e-7, maxBatchedTokens: 4096, capacityCharge: 3.0"
 )
 A = 4e-5
 

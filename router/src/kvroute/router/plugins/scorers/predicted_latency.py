@@ -148,10 +148,10 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             "prefill is priced here, and observed TTFTs (which include the remote prefill) teach nothing.",
         )
         capacity_charge: float = Field(
-            default=3.0, ge=0.0, alias="capacityCharge", description="Extra multiples of the own prefill time."
+            default=0.5, ge=0.0, alias="capacityCharge", description="Extra multiples of the own prefill time."
         )
         arrival_charge: float = Field(
-            default=1.0,
+            default=0.5,
             ge=0.0,
             alias="arrivalCharge",
             description="Multiple of the requests expected to arrive behind this one that its own prefill delays.",
