@@ -26,6 +26,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kvroute.router.config.recommended import recommended_config_text
+
 pytestmark = pytest.mark.integration
 
 MODEL = "kvroute-test"
@@ -415,3 +417,19 @@ async def test_the_precise_scorer_prepares_requests_through_envoy(
     assert [pod for _, pod, _ in again] == [pod for _, pod, _ in first]
     assert router.metric("kvroute_request_preparation_failures_total") == 0
     assert router.metric('kvroute_scheduler_plugin_duration_seconds_count{extension_point="Preparer.prepare"') == 8
+
+
+async def test_the_recommended_predicted_latency_configuration_keeps_a_prefix_on_one_pod_through_envoy(
+    start_router: Any, start_envoy: Any, sims: list[Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "recommended.yaml"
+    config.write_text(recommended_config_text())  # predicted-latency-scorer, as users run it
+    router = start_router("--config", str(config))
+    gateway = start_envoy(router)
+    shared = "You are a careful assistant who answers in French. " * 60
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        answers = [await complete(session, gateway.base_url, shared + f"Question {i}?") for i in range(8)]
+
+    assert [status for status, _, _ in answers] == [200] * 8
+    assert len({pod for _, pod, _ in answers}) == 1, answers
+    assert {pod for _, pod, _ in answers} <= pods(sims)

@@ -51,7 +51,8 @@ class EndpointLoad:
         done = max(0.0, now - self.head_since) / prefill_seconds_per_token if prefill_seconds_per_token > 0 else 0.0
         return self.prefill_tokens - min(float(head.own_tokens), done)
 
-    def _leave_queue(self, flight: Flight, now: float) -> None:
+    def leave_queue(self, flight: Flight, now: float) -> None:
+        """The request is no longer prefilling here; the next oldest becomes the head from `now`."""
         key = id(flight)
         was_head = next(iter(self.queue), None) == key
         self.queue.pop(key, None)
@@ -102,7 +103,7 @@ class LoadBook:
             return
         flight.decoding = True
         load = self._loads[flight.endpoint_id]
-        load._leave_queue(flight, now)
+        load.leave_queue(flight, now)
         load.prefill_tokens -= flight.own_tokens
         load.prefilling -= 1
         load.decoding += 1
@@ -117,7 +118,7 @@ class LoadBook:
             load.decoding -= 1
             load.context_tokens -= flight.context_tokens
         else:
-            load._leave_queue(flight, now)
+            load.leave_queue(flight, now)
             load.prefill_tokens -= flight.own_tokens
             load.prefilling -= 1
         load.kv_tokens -= flight.kv_tokens

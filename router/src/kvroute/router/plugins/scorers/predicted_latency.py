@@ -230,7 +230,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         info = state.read(self._match_key)
-        prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
+        prompt = _prompt_tokens(info, request)
         need = prompt + self._expected_output(request)
         ttfts: dict[str, float] = {}
         costs: dict[str, float] = {}
@@ -319,7 +319,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         if target is None:
             return
         info = state.read(self._match_key)
-        prompt = info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
+        prompt = _prompt_tokens(info, request)
         # A decode target prefills nothing only when another profile picked where the prompt is computed.
         remote = self._p.remote_prefill and any(
             name != profile and r.primary is not None and r.primary != target
@@ -424,3 +424,8 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
 
     def load(self, endpoint_id: str) -> EndpointLoad:
         return self.loads.get(endpoint_id)
+
+
+def _prompt_tokens(info: PrefixMatchInfo | None, request: LLMRequest) -> int:
+    """The prompt's tokens: the prefix plugin's count, else estimated from its characters."""
+    return info.prompt_tokens if info is not None else estimate_tokens(len(request.prompt))
