@@ -55,6 +55,7 @@ def test_ext_proc_flags_default_to_the_endpoint_picker_conventions() -> None:
 
     assert (args.grpc_port, args.grpc_health_port, args.metrics_port) == (9002, 9003, 9090)
     assert (args.secure_serving, args.cert_path, args.response_mode, args.max_destinations) == (True, None, "full", 1)
+    assert args.gie_conformance is False
     assert off.secure_serving is False
 
 
@@ -70,6 +71,7 @@ def test_ext_proc_flags_default_to_the_endpoint_picker_conventions() -> None:
         (("--endpoints", "127.0.0.2:8000", "--grpc-port", "70000"), "must be between 0 and 65535"),
         (("--endpoints", "127.0.0.2:8000", "--secure-serving=false", "--cert-path", "/tmp"), "--cert-path needs"),
         (("--endpoints", "127.0.0.2:8000", "--mode", "ext-proc", "--response-mode", "half"), "invalid choice"),
+        (("--endpoints", "127.0.0.2:8000", "--gie-conformance"), "--gie-conformance needs --mode ext-proc or both"),
     ],
 )
 def test_bad_invocations_fail_at_once(args: tuple[str, ...], message: str) -> None:

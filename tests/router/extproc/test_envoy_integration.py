@@ -433,3 +433,107 @@ async def test_the_recommended_predicted_latency_configuration_keeps_a_prefix_on
     assert [status for status, _, _ in answers] == [200] * 8
     assert len({pod for _, pod, _ in answers}) == 1, answers
     assert {pod for _, pod, _ in answers} <= pods(sims)
+
+
+# GIE conformance mode: kvroute in lwepp's place, as the conformance suite drives it.
+
+SELECT = "test-epp-endpoint-selection"
+SERVED = "x-conformance-test-served-endpoint"
+
+
+def report_served(config: dict[str, Any]) -> None:
+    """Makes the gateway tell the router which endpoint served, as the Endpoint Picker protocol asks: the router
+    stamps the upstream's address on the response (`%UPSTREAM_HOST%`), a filter between ext_proc and the router
+    moves it into `envoy.lb` / `x-gateway-destination-endpoint-served`, which ext_proc forwards."""
+    from kvroute.bench.envoy import http_filters
+
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routed = manager["route_config"]["virtual_hosts"][0]["routes"][0]
+    routed["response_headers_to_add"] = [
+        {
+            "header": {"key": "x-gateway-destination-endpoint-served", "value": "%UPSTREAM_HOST%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ]
+    filters = http_filters(config)
+    filters.insert(
+        len(filters) - 1,  # just before the router filter: the first to see the response
+        {
+            "name": "envoy.filters.http.header_to_metadata",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                "response_rules": [
+                    {
+                        "header": "x-gateway-destination-endpoint-served",
+                        "on_header_present": {
+                            "metadata_namespace": "envoy.lb",
+                            "key": "x-gateway-destination-endpoint-served",
+                            "type": "STRING",
+                        },
+                        "remove": True,
+                    }
+                ],
+            },
+        },
+    )
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    path: str = "/v1/completions",
+    prompt: str = "Write as if you were a critic: San Francisco",
+) -> tuple[int, str | None, str | None]:
+    """(status, the simulator that answered, the served endpoint reported) of one completion request."""
+    payload = {"model": MODEL, "prompt": prompt, "max_tokens": 2}
+    async with session.post(f"{url}{path}", json=payload, headers=headers) as response:
+        await response.read()
+        return response.status, response.headers.get("x-inference-pod"), response.headers.get(SERVED)
+
+
+async def test_conformance_mode_through_envoy_serves_from_the_selected_pod_and_reports_it(
+    start_router: Any, start_envoy: Any, sims: list[Any]
+) -> None:
+    router = start_router("--gie-conformance")
+    gateway = start_envoy(router, report_served)
+    # Scheduled requests, and requests like the suite's own (a path no model server knows: passed through).
+    paths = {"/v1/completions": 200, "/conformance-test": 404}
+    async with aiohttp.ClientSession() as session:
+        for sim in sims:
+            for path, expected in paths.items():
+                answers = [await post(session, gateway.base_url, {SELECT: sim.host}, path) for _ in range(3)]
+                assert set(answers) == {(expected, sim.pod_name, f"{sim.host}:{sim.port}")}, (sim.host, path)
+        two = [await post(session, gateway.base_url, {SELECT: f"{sims[1].host},{sims[3].host}"}) for _ in range(8)]
+        none = await post(session, gateway.base_url, {SELECT: "127.0.0.1"})
+
+    assert {status for status, _, _ in two} == {200}
+    assert {pod for _, pod, _ in two} <= {sims[1].pod_name, sims[3].pod_name}
+    assert none[0] == 503  # no endpoint of the pool selected
+
+
+async def test_conformance_mode_through_a_gateway_that_does_not_report_says_so(
+    start_router: Any, start_envoy: Any, sims: list[Any]
+) -> None:
+    router = start_router("--gie-conformance")
+    gateway = start_envoy(router)  # the template: nothing sets x-gateway-destination-endpoint-served
+    async with aiohttp.ClientSession() as session:
+        answer = await post(session, gateway.base_url, {SELECT: sims[0].host})
+
+    # Envoy forwards no envoy.lb namespace at all: it keeps no ext_proc dynamic metadata unless told to receive it.
+    assert answer == (200, sims[0].pod_name, "fail: missing envoy lb metadata")
+
+
+async def test_without_conformance_mode_the_selection_header_steers_nothing(
+    start_router: Any, start_envoy: Any, prefix_config: Path, sims: list[Any]
+) -> None:
+    router = start_router("--config", str(prefix_config))
+    gateway = start_envoy(router, report_served)
+    async with aiohttp.ClientSession() as session:
+        answers = [
+            await post(session, gateway.base_url, {SELECT: sims[0].host}, prompt=f"{i} " * 300 + "unrelated")
+            for i in range(8)
+        ]
+
+    assert {(status, served) for status, _, served in answers} == {(200, None)}
+    assert len({pod for _, pod, _ in answers}) >= 3  # new prefixes spread (no-hit LRU), the header ignored

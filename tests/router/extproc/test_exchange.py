@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kvroute.router.extproc import wire
 from kvroute.router.extproc.exchange import BODY_CHUNK_BYTES, Exchange
 from kvroute.router.extproc.processor import Processor, ResponseMode, api_of
 from kvroute.router.framework import ApiKind
@@ -353,3 +354,106 @@ async def test_with_preparers_a_bad_body_is_still_an_immediate_400(talk: Any) ->
     status, body, _ = c.m.immediate(answer)
     assert (status, body["error"]["code"]) == (400, "invalid_json")
     assert c.exchange.handle is None
+
+
+# GIE conformance mode (`--gie-conformance`).
+
+SELECT = "test-epp-endpoint-selection"
+SERVED = "x-conformance-test-served-endpoint"
+
+
+def destination(c: Conversation, answer: Any) -> str:
+    return str(c.m.set_headers(answer)["x-gateway-destination-endpoint"])
+
+
+@pytest.mark.parametrize(
+    ("selection", "allowed"),
+    [
+        ("127.0.0.3", {"127.0.0.3:8000"}),  # as the suite sends it: pod IPs
+        ("127.0.0.2:8000, 127.0.0.4", {"127.0.0.2:8000", "127.0.0.4:8000"}),
+    ],
+)
+def test_conformance_mode_schedules_only_among_the_selected_endpoints(
+    talk: Any, selection: str, allowed: set[str]
+) -> None:
+    c = talk(gie_conformance=True, max_destinations=2)
+    for _ in range(6):
+        listed = destination(c, c.again().route(headers={SELECT: selection})[0]).split(",")
+        assert set(listed) <= allowed  # fallbacks too
+        assert len(listed) == min(2, len(allowed))
+
+
+def test_conformance_mode_names_the_pick_for_the_echo_server(talk: Any) -> None:
+    c = talk(gie_conformance=True)
+    headers = c.route(headers={SELECT: "127.0.0.4"})[0]
+
+    assert c.m.set_headers(headers)["x-echo-set-header"] == f"{SERVED}:127.0.0.4:8000"
+
+
+def test_the_selection_replaces_the_subset_hint(talk: Any) -> None:
+    c = talk(gie_conformance=True)
+
+    assert destination(c, c.route(headers={SELECT: "127.0.0.4"}, subset=["127.0.0.2:8000"])[0]) == "127.0.0.4:8000"
+    assert destination(c, c.again().route(headers={SELECT: ""}, subset=["127.0.0.2:8000"])[0]) == "127.0.0.2:8000"
+
+
+@pytest.mark.parametrize("selection", ["10.9.9.9", "127.0.0.3:9000", ","])
+def test_a_selection_naming_no_endpoint_of_the_pool_is_503(talk: Any, selection: str) -> None:
+    c = talk(gie_conformance=True)
+    (scheduled,) = c.route(headers={SELECT: selection})
+    (passed,) = c.again().send(c.m.request_headers({SELECT: selection}, path="/v1/models", method="GET"))
+
+    for answer in (scheduled, passed):
+        status, body, _ = c.m.immediate(answer)
+        assert (status, body["error"]["code"]) == (503, "no_endpoints")
+    assert c.record.pre_request == []
+
+
+def test_requests_passed_through_go_only_to_the_selection_in_turn(talk: Any) -> None:
+    c = talk(gie_conformance=True)
+    seen = []
+    for _ in range(4):
+        (answer,) = c.again().send(c.m.request_headers({SELECT: "127.0.0.2,127.0.0.4"}, path="/conformance-test"))
+        seen.append(destination(c, answer))
+        assert c.m.set_headers(answer)["x-echo-set-header"] == f"{SERVED}:{seen[-1]}"
+
+    assert sorted(seen) == ["127.0.0.2:8000", "127.0.0.2:8000", "127.0.0.4:8000", "127.0.0.4:8000"]
+
+
+def test_conformance_mode_reports_the_served_endpoint_on_every_response(talk: Any) -> None:
+    c = talk(gie_conformance=True)
+    picked = destination(c, c.route()[0])
+    (scheduled,) = c.send(c.m.response_headers(200, SSE, served="127.0.0.9:3000"))
+    c.again().send(c.m.request_headers(path="/v1/models", method="GET", end_of_stream=True))
+    (passed,) = c.send(c.m.response_headers(200, served="127.0.0.3:8000"))
+
+    # Verbatim, as the gateway says, next to what the response hooks add.
+    assert c.m.set_headers(scheduled) == {"x-served-by": picked, SERVED: "127.0.0.9:3000"}
+    assert c.m.set_headers(passed) == {SERVED: "127.0.0.3:8000"}
+
+
+def test_conformance_mode_reports_missing_served_metadata_as_a_failure(talk: Any) -> None:
+    c = talk(gie_conformance=True)
+    c.route()
+    (bare,) = c.send(c.m.response_headers(200))
+    c.again().route()
+    message = c.m.response_headers(200)
+    message.metadata_context.filter_metadata["envoy.lb"].update({"x-gateway-destination-endpoint": "127.0.0.2:8000"})
+    (lb_only,) = c.send(message)
+
+    assert c.m.set_headers(bare)[SERVED] == "fail: missing envoy lb metadata"
+    assert c.m.set_headers(lb_only)[SERVED] == "fail: missing destination endpoint served metadata"
+
+
+def test_without_conformance_mode_the_test_headers_mean_nothing(talk: Any) -> None:
+    c = talk()
+    headers = c.route(headers={SELECT: "127.0.0.4"}, subset=["127.0.0.2:8000"])[0]
+    (response,) = c.send(c.m.response_headers(200, SSE, served="127.0.0.2:8000"))
+    (passed,) = c.again().send(c.m.request_headers({SELECT: "10.9.9.9"}, path="/v1/models", method="GET"))
+    (passed_response,) = c.send(c.m.response_headers(200, served="127.0.0.3:8000"))
+
+    assert destination(c, headers) == "127.0.0.2:8000"  # the subset hint, not the test header
+    assert "x-echo-set-header" not in c.m.set_headers(headers)
+    assert SERVED not in c.m.set_headers(response)
+    assert passed.WhichOneof("response") == "request_headers"  # routed, not refused
+    assert passed_response == c.m.parse(wire.CONTINUE_RESPONSE_HEADERS)

@@ -156,6 +156,14 @@ def register(sub: Any) -> None:
         "what Envoy's ORIGINAL_DST cluster accepts)",
     )
     add(
+        "--gie-conformance",
+        action="store_true",
+        help="ext-proc: honour the Gateway API Inference Extension conformance suite's test headers as its "
+        "lightweight Endpoint Picker does (test-epp-endpoint-selection restricts the candidates; the response "
+        "gets x-conformance-test-served-endpoint). It lets clients choose their endpoint: conformance runs only "
+        "(default off; docs/extproc.md)",
+    )
+    add(
         "--max-body-bytes",
         type=_positive_int,
         default=DEFAULT_MAX_BODY_BYTES,
@@ -228,6 +236,8 @@ def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     if args.cert_path is not None and not args.secure_serving:
         parser.error("--cert-path needs --secure-serving=true")
+    if args.gie_conformance and args.mode == "proxy":
+        parser.error("--gie-conformance needs --mode ext-proc or both (the conformance suite drives a gateway)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so that `kvroute router --help` stays fast.
     import prometheus_client
@@ -318,6 +328,7 @@ def _front_doors(args: argparse.Namespace, core: RouterCore) -> list[FrontDoor]:
             cert_path=args.cert_path,
             response_mode=ResponseMode(args.response_mode),
             max_destinations=args.max_destinations,
+            gie_conformance=args.gie_conformance,
         )
         doors.append(ExtProcDoor(core, settings))
     return doors

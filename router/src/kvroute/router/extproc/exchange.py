@@ -17,12 +17,16 @@ Any other request (another path or method, no body, or `request_body_mode: NONE`
 the next of the candidate endpoints in turn, decided on its headers (e.g. `GET /v1/models`). Other body modes
 cannot route on the body and are answered with a 500 that says so. Errors of the Director (400 bad body, 413,
 429 shed, 503 no endpoint) are `ImmediateResponse`s. The subset hint restricts the candidates of both kinds.
+In GIE conformance mode (`Processor.gie_conformance`, see `conformance`) the test header
+`test-epp-endpoint-selection` replaces the subset hint and the upstream request names the primary pick for the
+suite's echo server.
 
 Response phase, for a scheduled request: the response headers go to `on_response_headers` (the endpoint that
 served is the gateway's `...-served` metadata when present, else the primary pick) and are answered with the
 headers the response hooks ask for. Body chunks, when Envoy sends them, go to `on_response_chunk` and are relayed
 unchanged (sent back in FULL_DUPLEX_STREAMED mode, let through otherwise); the end of the body or the trailers
-complete the request.
+complete the request. In conformance mode the response headers of every request, scheduled or not, also get the
+served endpoint's report for the suite.
 
 Response modes (`ResponseMode`): `full` expects every body chunk (exact token counts). `light` expects Envoy to
 send no response body: the end of the response is the end of the gRPC stream, and the output tokens are
@@ -38,7 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from kvroute.router.extproc import protocol, wire
+from kvroute.router.extproc import conformance, protocol, wire
 from kvroute.router.extproc.estimate import max_tokens_of
 from kvroute.router.extproc.processor import Processor, ResponseMode, api_of
 from kvroute.router.extproc.protocol import BUFFERED, FULL_DUPLEX_STREAMED, NONE, ProcessingRequest
@@ -135,6 +139,10 @@ class Exchange:
                 if name == "content-length":
                     length = value
                 kept.append((name, value))
+        if self._processor.gie_conformance:
+            selected = conformance.selection(kept)
+            if selected is not None:
+                self._subset = selected
         api = api_of(method, path)
         mode = self._request_mode
         if api is None or headers.end_of_stream or mode == NONE:
@@ -235,6 +243,8 @@ class Exchange:
 
     def _upstream_headers(self, handle: RequestHandle, destination: str) -> dict[str, str]:
         headers = {protocol.DESTINATION_HEADER: destination, **handle.result.headers}
+        if self._processor.gie_conformance:
+            headers.update(conformance.echoed(handle.endpoint.id))
         request_id = handle.request.request_id
         if handle.request.headers.get(REQUEST_ID_HEADER) != request_id:
             headers[REQUEST_ID_HEADER] = request_id
@@ -250,15 +260,19 @@ class Exchange:
         if endpoint is None:
             error = RequestError(503, "no endpoint can serve the request", "no_endpoints")
             return (protocol.immediate(error),)
-        common = protocol.routing({protocol.DESTINATION_HEADER: endpoint.id}, self._removed_headers())
+        headers = {protocol.DESTINATION_HEADER: endpoint.id}
+        if self._processor.gie_conformance:
+            headers.update(conformance.echoed(endpoint.id))
+        common = protocol.routing(headers, self._removed_headers())
         return (protocol.routed_headers(common, endpoint.id),)
 
     # Response phase.
 
     def _response_headers(self, message: ProcessingRequest) -> Sequence[wire.Answer]:
         handle = self.handle
+        reported = conformance.served(message.metadata_context) if self._processor.gie_conformance else None
         if handle is None or handle.done:
-            return (wire.CONTINUE_RESPONSE_HEADERS,)
+            return (protocol.response_headers(reported, False),) if reported else (wire.CONTINUE_RESPONSE_HEADERS,)
         if message.HasField("protocol_config"):
             self._response_mode = message.protocol_config.response_body_mode
         headers = dict(protocol.read_headers(message.response_headers))
@@ -282,6 +296,8 @@ class Exchange:
         if message.response_headers.end_of_stream:
             self._finish()
         client_headers = handle.response.client_headers
+        if reported:
+            client_headers = {**client_headers, **reported}
         if not client_headers and not body_at_end:
             return (wire.CONTINUE_RESPONSE_HEADERS,)
         return (protocol.response_headers(client_headers, body_at_end),)

@@ -1,5 +1,6 @@
 """What the ext_proc exchanges of one front door share: the Director, the response mode, how many endpoints the
-destination names, the output-token estimate, and the turn for requests that are passed through unscheduled.
+destination names, whether the GIE conformance test headers are honoured, the output-token estimate,
+and the turn for requests that are passed through unscheduled.
 
 `api_of` says which requests are scheduled: `POST` to a path ending in `/chat/completions` (chat) or
 `/completions` (completions), query string ignored; everything else is passed through.
@@ -34,16 +35,22 @@ def api_of(method: str, path: str) -> ApiKind | None:
 
 class Processor:
     """`max_destinations` caps the endpoints named in the destination (primary first): Envoy's ORIGINAL_DST
-    cluster accepts exactly one."""
+    cluster accepts exactly one. `gie_conformance` honours the conformance suite's test headers."""
 
     def __init__(
-        self, director: Director, response_mode: ResponseMode = ResponseMode.FULL, max_destinations: int = 1
+        self,
+        director: Director,
+        response_mode: ResponseMode = ResponseMode.FULL,
+        max_destinations: int = 1,
+        *,
+        gie_conformance: bool = False,
     ) -> None:
         if max_destinations < 1:
             raise ValueError("max_destinations must be at least 1")
         self.director = director
         self.response_mode = response_mode
         self.max_destinations = max_destinations
+        self.gie_conformance = gie_conformance
         self.estimator = OutputEstimator()
         self._turn = itertools.count()
 

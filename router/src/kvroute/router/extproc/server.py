@@ -41,6 +41,7 @@ class ExtProcSettings:
     cert_path: str | None = None  # a directory with tls.crt and tls.key; None: self-signed, made at start
     response_mode: ResponseMode = ResponseMode.FULL
     max_destinations: int = 1
+    gie_conformance: bool = False  # honour the GIE conformance suite's test headers (extproc/conformance.py)
     shutdown_grace: float = 10.0
 
 
@@ -48,7 +49,9 @@ class ExtProcDoor:
     def __init__(self, core: RouterCore, settings: ExtProcSettings | None = None) -> None:
         self.core = core
         self.settings = settings = settings or ExtProcSettings()
-        self.processor = Processor(core.director, settings.response_mode, settings.max_destinations)
+        self.processor = Processor(
+            core.director, settings.response_mode, settings.max_destinations, gie_conformance=settings.gie_conformance
+        )
         self.health = HealthService(core.not_ready_reason)
         self.port = self.health_port = self.metrics_port = 0  # the ports bound, once started
         self._servers: list[grpc.aio.Server] = []
@@ -101,6 +104,11 @@ class ExtProcDoor:
             self.metrics_port,
             len(self.core.pool),
         )
+        if settings.gie_conformance:
+            log.warning(
+                "GIE conformance mode: clients choose their endpoints with test-epp-endpoint-selection; "
+                "for conformance runs only"
+            )
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.core.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
