@@ -30,7 +30,8 @@ def test_routers_are_chosen_in_the_order_given_without_duplicates() -> None:
 
 
 def test_unknown_router_is_rejected_naming_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "choose among kvroute, sglang-router, vllm-router (got 'nginx')" in error_of(capsys, "--routers", "nginx")
+    expected = "choose among kvroute, dynamo-kv, dynamo-approx, sglang-router, vllm-router (got 'nginx')"
+    assert expected in error_of(capsys, "--routers", "nginx")
 
 
 def test_router_address_must_be_loopback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -128,3 +128,47 @@ def test_interrupted_run_stops_every_process_it_started(tmp_path: Path) -> None:
     assert any(line.startswith("kvroute: ready in") for line in seen), "".join(seen)
     assert bench.returncode != 0
     assert_nothing_listens(sim_port, router_port)
+
+
+TINY_WORKLOAD = """
+name: tiny-groups-live
+description: four system prompts shared by short questions
+seed: 2
+fleet: {engines: 2, profile: llama-3.1-8b-h100, overrides: {num_gpu_blocks: 600}}
+arrival: [{process: poisson, rate: 8, count: 24}]
+generator: {kind: shared-prefix, groups: 4, system_tokens: 400, question_tokens: 32, output_tokens: 8}
+"""
+
+
+def test_replay_of_a_workload_file_reports_the_quality_metrics_and_the_models_fidelity(
+    tmp_path: Path, require_component: Callable[[str], ModuleType]
+) -> None:
+    routers = ["kvroute", *installed_peers(require_component)]
+    sim_port, router_port = free_ports()
+    workload = tmp_path / "tiny.yaml"
+    workload.write_text(TINY_WORKLOAD)
+    out = tmp_path / "out"
+    command = live_command(routers, sim_port, router_port, tmp_path / "unused.json", "--workloads", str(workload))
+    command += ["--out", str(out), "--time-scale", "0.5", "--duration", "60"]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    rows = results["results"]["tiny-groups-live"]
+    assert list(rows) == ["direct", *routers]
+    for name, metrics in rows.items():
+        assert (metrics["error"], metrics["errors"], metrics["requests"]) == (None, 0, 24), name
+        assert sum(metrics["engine_requests"]) == 24, name
+        assert 0 < metrics["ttft_p90_s"] < 5, name
+        assert metrics["prefix_hit_rate"] > 0, name
+    # Four shared prompts on two engines: every router but the client's round-robin keeps groups together.
+    assert rows["kvroute"]["prefix_hit_rate"] > rows["direct"]["prefix_hit_rate"]
+    fidelity = results["fidelity"]["tiny-groups-live"]
+    assert fidelity["direct"]["model"] == "round-robin"
+    assert fidelity["kvroute"]["model"] == "kvroute"
+    assert fidelity["direct"]["spread_distance"] == pytest.approx(0, abs=0.05)
+    text = (out / "results.md").read_text()
+    assert "## Fidelity" in text
+    assert (out / "ttft.png").is_file()
+    assert_nothing_listens(sim_port, router_port)

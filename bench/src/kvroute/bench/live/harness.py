@@ -25,6 +25,7 @@ import contextlib
 import random
 import string
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,9 +35,19 @@ import aiohttp
 
 from kvroute.bench.demo import MODEL, SIM_ARGS
 from kvroute.bench.live.cpu import session_cpu_seconds
-from kvroute.bench.live.routers import PEERS, RouterSite, RouterUnavailable, router_process, version, wait_ready
+from kvroute.bench.live.routers import (
+    DYNAMO,
+    PEERS,
+    RouterSite,
+    RouterUnavailable,
+    router_processes,
+    version,
+    wait_ready,
+)
+from kvroute.bench.live.servers import ServerCounters, read_counters
 from kvroute.bench.loadgen import Outcome, PlannedRequest, run_open_loop, send
 from kvroute.bench.processes import ManagedProcess, ProcessGroup, simulator
+from kvroute.simulator.tokenizer import Tokenizer
 
 DIRECT = "direct"
 PEER_COUNTERS = ("vllm_router_kv_routing_inputs_total", "vllm_router_policy_decisions_total", "smg_worker_selection")
@@ -47,6 +58,19 @@ class Fleet:
     hosts: tuple[str, ...]
     port: int
     sim_args: tuple[str, ...] = SIM_ARGS
+    engine_args: tuple[tuple[str, ...], ...] = ()  # per host, in place of `sim_args` (a replayed workload's)
+    kv_events_port: int | None = None  # each simulator publishes its KV events on tcp://<its host>:<this port>
+
+    def argv(self, index: int) -> tuple[str, ...]:
+        """The `kvroute sim serve` flags of simulator `index` (after its address)."""
+        args = self.engine_args[index] if self.engine_args else self.sim_args
+        if self.kv_events_port is not None:
+            args = (*args, "--kv-events-endpoint", self.kv_events[index])
+        return args
+
+    @property
+    def kv_events(self) -> list[str]:
+        return [f"tcp://{host}:{self.kv_events_port}" for host in self.hosts]
 
     @property
     def workers(self) -> list[str]:
@@ -83,6 +107,7 @@ class RowResult:
     probe_wall: float = 0.0
     idle_cpu: float | None = None  # CPU seconds per second of the router without traffic
     counters: dict[str, float] = field(default_factory=dict)  # a peer's PEER_COUNTERS after the trace
+    servers: list[ServerCounters] = field(default_factory=list)  # what each simulator counted over the trace
     error: str | None = None
 
 
@@ -118,12 +143,12 @@ async def run_trace(urls: Sequence[str], plan: Sequence[PlannedRequest], timeout
     return outcomes
 
 
-async def run_probe(urls: Sequence[str], count: int, timeout: float) -> list[Outcome]:
-    """`count` requests one after another, round-robin over `urls`."""
+async def run_probe(urls: Sequence[str], count: int, timeout: float, name: str = DIRECT) -> list[Outcome]:
+    """`count` requests one after another, round-robin over `urls` (as router `name` takes them)."""
     outcomes = []
+    plan = plan_for(name, [PlannedRequest(at=0.0, body=probe_body(i)) for i in range(count)])
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for i in range(count):
-            planned = PlannedRequest(at=0.0, body=probe_body(i))
+        for i, planned in enumerate(plan):
             outcomes.append(await send(session, urls[i % len(urls)], planned, timeout))
     return outcomes
 
@@ -145,6 +170,39 @@ async def peer_counters(site: RouterSite) -> dict[str, float]:
     return counters
 
 
+def plan_for(name: str, plan: Sequence[PlannedRequest]) -> list[PlannedRequest]:
+    """The plan as router `name` gets it: Dynamo's frontend takes the prompt as the simulator's token ids (its
+    own tokenizer is not the simulator's), so that every engine sees the same tokens under every router."""
+    if name not in DYNAMO:
+        return list(plan)
+    tokenizer = Tokenizer()
+    return [
+        PlannedRequest(p.at, {**p.body, "prompt": tokenizer.encode(p.body["prompt"])}, p.path)
+        if isinstance(p.body.get("prompt"), str)
+        else p
+        for p in plan
+    ]
+
+
+async def _start_router(
+    name: str, fleet: Fleet, site: RouterSite, config: Path | None, workdir: Path, timeout: float
+) -> list[ManagedProcess]:
+    processes = router_processes(
+        name, site, fleet.workers, config=config, kv_events=fleet.kv_events if name in DYNAMO else (), workdir=workdir
+    )
+    started = time.monotonic()
+    try:
+        for process in processes:
+            process.start()
+        await wait_ready(name, processes[-1], site, len(fleet.hosts), timeout)
+    except BaseException:
+        for process in reversed(processes):
+            process.stop()
+        raise
+    _log(f"{name}: ready in {time.monotonic() - started:.1f}s")
+    return processes
+
+
 async def run_row(
     name: str,
     fleet: Fleet,
@@ -156,24 +214,22 @@ async def run_row(
     seed: int = 1,
 ) -> RowResult:
     row = RowResult(name, version=version(name) if name != DIRECT else "")
-    group = ProcessGroup([simulator(host, fleet.port, *fleet.sim_args) for host in fleet.hosts])
-    router: ManagedProcess | None = None
+    group = ProcessGroup([simulator(host, fleet.port, *fleet.argv(i)) for i, host in enumerate(fleet.hosts)])
+    processes: list[ManagedProcess] = []
+    workdir = tempfile.TemporaryDirectory(prefix=f"kvroute-live-{name}-")
     try:
         _log(f"{name}: starting {len(fleet.hosts)} simulators")
         await group.start(phases.start_timeout)
         urls = fleet.urls
         if name != DIRECT:
-            router = router_process(name, site, fleet.workers, config)
-            started = time.monotonic()
-            router.start()
-            await wait_ready(router, site, len(fleet.hosts), phases.start_timeout)
-            _log(f"{name}: ready in {time.monotonic() - started:.1f}s")
+            processes = await _start_router(name, fleet, site, config, Path(workdir.name), phases.start_timeout)
             urls = [site.base_url]
-        await run_trace(urls, _warmup_plan(phases.warmup, seed), phases.timeout)
+        router = processes[-1] if processes else None
+        await run_trace(urls, plan_for(name, _warmup_plan(phases.warmup, seed)), phases.timeout)
         sid = router.popen.pid if router is not None and router.popen is not None else None
         before = session_cpu_seconds(sid) if sid is not None else 0.0
         started = time.perf_counter()
-        row.probe = await run_probe(urls, phases.probe, phases.timeout)
+        row.probe = await run_probe(urls, phases.probe, phases.timeout, name)
         row.probe_wall = time.perf_counter() - started
         if sid is not None:
             row.probe_cpu = session_cpu_seconds(sid) - before
@@ -181,13 +237,15 @@ async def run_row(
             await asyncio.sleep(phases.idle)
             row.idle_cpu = (session_cpu_seconds(sid) - before) / phases.idle
         _log(f"{name}: trace of {len(plan)} requests over {plan[-1].at if plan else 0:.0f}s")
+        counted = await read_counters(fleet.urls)
         before = session_cpu_seconds(sid) if sid is not None else 0.0
         started = time.perf_counter()
-        row.trace = await run_trace(urls, plan, phases.timeout)
+        row.trace = await run_trace(urls, plan_for(name, plan), phases.timeout)
         row.trace_wall = time.perf_counter() - started
         row.makespan = row.trace_wall - (plan[0].at if plan else 0.0)
         if sid is not None:
             row.router_cpu = session_cpu_seconds(sid) - before
+        row.servers = [end - start for end, start in zip(await read_counters(fleet.urls), counted, strict=True)]
         if name in PEERS:
             row.counters = await peer_counters(site)
     except (RouterUnavailable, RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as exc:
@@ -195,8 +253,9 @@ async def run_row(
         _log(f"{name}: failed: {row.error}")
     finally:
         try:
-            if router is not None:
-                router.stop()
+            for process in reversed(processes):
+                process.stop()
         finally:
             group.stop()
+            workdir.cleanup()
     return row

@@ -32,8 +32,12 @@ from kvroute.bench.processes import ManagedProcess, kvroute_command, loopback
 KVROUTE = "kvroute"
 SGLANG = "sglang-router"
 VLLM = "vllm-router"
-ROUTERS = (KVROUTE, SGLANG, VLLM)
+DYNAMO_KV = "dynamo-kv"
+DYNAMO_APPROX = "dynamo-approx"
+ROUTERS = (KVROUTE, SGLANG, VLLM)  # the default selection
+ALL_ROUTERS = (KVROUTE, DYNAMO_KV, DYNAMO_APPROX, SGLANG, VLLM)
 PEERS = (SGLANG, VLLM)
+DYNAMO = {DYNAMO_KV: "kv", DYNAMO_APPROX: "approx"}  # row name -> the Dynamo router's mode
 
 
 class RouterUnavailable(RuntimeError):
@@ -55,6 +59,10 @@ class RouterSite:
 
 def version(name: str) -> str:
     """The installed version of a router ("" when unknown)."""
+    if name in DYNAMO:
+        from kvroute.bench.live.dynamo import DYNAMO_VERSION
+
+        return DYNAMO_VERSION
     package = "kvroute" if name == KVROUTE else name
     try:
         return importlib.metadata.version(package)
@@ -71,6 +79,30 @@ def _executable(name: str) -> str:
     if found is None:
         raise RouterUnavailable(f"{name} is not installed (pip install -e '.[peers]')")
     return found
+
+
+def router_processes(
+    name: str,
+    site: RouterSite,
+    workers: Sequence[str],
+    *,
+    config: Path | None = None,
+    kv_events: Sequence[str] = (),
+    workdir: Path | None = None,
+) -> list[ManagedProcess]:
+    """The unstarted processes of router `name` at `site` in front of `workers` (`host:port` each), the router
+    itself last: one process, or for Dynamo a worker adapter per simulator (reading its KV events from
+    `kv_events`, Dynamo's state in `workdir`) and then Dynamo's frontend."""
+    if name not in DYNAMO:
+        return [router_process(name, site, workers, config)]
+    from kvroute.bench.live.dynamo import DynamoUnavailable, dynamo_processes
+
+    if workdir is None or len(kv_events) != len(workers):
+        raise ValueError("Dynamo needs a work directory and every simulator's KV-events endpoint")
+    try:
+        return dynamo_processes(DYNAMO[name], loopback(site.host), site.port, workers, kv_events, workdir)
+    except DynamoUnavailable as exc:
+        raise RouterUnavailable(str(exc)) from None
 
 
 def router_process(name: str, site: RouterSite, workers: Sequence[str], config: Path | None = None) -> ManagedProcess:
@@ -94,12 +126,18 @@ def router_process(name: str, site: RouterSite, workers: Sequence[str], config: 
     return ManagedProcess(name, argv, f"{site.base_url}/health")
 
 
-async def wait_ready(process: ManagedProcess, site: RouterSite, workers: int, timeout: float) -> None:
-    """Until the router serves: `/readyz` for kvroute; for a peer, `/workers` listing `workers` healthy workers."""
+async def wait_ready(name: str, process: ManagedProcess, site: RouterSite, workers: int, timeout: float) -> None:
+    """Until router `name` (run by `process`) serves: `/readyz` for kvroute; for a peer, `/workers` listing
+    `workers` healthy workers; for Dynamo, its frontend serving the model with `workers` workers registered."""
     deadline = time.monotonic() + timeout
+    if name in DYNAMO:
+        from kvroute.bench.live.dynamo import wait_dynamo_ready
+
+        await wait_dynamo_ready(site.base_url, workers, timeout)
+        return
     async with aiohttp.ClientSession() as session:
         await process.wait_healthy(session, timeout)
-        if process.name not in PEERS:
+        if name not in PEERS:
             return
         while time.monotonic() < deadline:
             if process.popen is not None and process.popen.poll() is not None:

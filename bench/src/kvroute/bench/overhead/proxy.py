@@ -117,7 +117,7 @@ async def _measure_router(
     try:
         process = router_process(name, site, workers, config)
         process.start()
-        await wait_ready(process, site, len(workers), settings.start_timeout)
+        await wait_ready(name, process, site, len(workers), settings.start_timeout)
         assert process.popen is not None
         pid = process.popen.pid
         before = session_cpu_seconds(pid)

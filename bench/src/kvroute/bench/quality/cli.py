@@ -34,6 +34,28 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_workload_arguments(parser)
+    parser.add_argument(
+        "--policies",
+        default="all",
+        help=f"all, or comma-separated names ({', '.join(POLICIES)}) and EndpointPickerConfig YAML paths",
+    )
+    parser.add_argument(
+        "--replicas",
+        default="1",
+        help="comma-separated router replica counts, e.g. 1,2,4,8: every policy also runs as a fleet of that many "
+        "replicas each seeing 1/N of the traffic (NAME@N), kvroute's also with fleet sync (NAME@N+sync); default 1",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="run seed and family sample seed (default 0)")
+    parser.add_argument("--out", default="quality-results", help="output directory (default quality-results)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    parser.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_command)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that select workloads (`workloads`), shared with `kvroute bench live`."""
     parser.add_argument(
         "--workloads",
         help="all, or comma-separated names (of --workloads-dir), YAML paths and JSONL traces (Mooncake or plain); "
@@ -57,24 +79,7 @@ def register(sub: Any) -> None:
         help="traces: the fleet, comma-separated key=value: engines, profile, prefill_engines, slow_engines, "
         "slow_factor and profile fields (num_gpu_blocks=...); default engines=8 of llama-3.1-8b-h100",
     )
-    parser.add_argument(
-        "--policies",
-        default="all",
-        help=f"all, or comma-separated names ({', '.join(POLICIES)}) and EndpointPickerConfig YAML paths",
-    )
-    parser.add_argument(
-        "--replicas",
-        default="1",
-        help="comma-separated router replica counts, e.g. 1,2,4,8: every policy also runs as a fleet of that many "
-        "replicas each seeing 1/N of the traffic (NAME@N), kvroute's also with fleet sync (NAME@N+sync); default 1",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="run seed and family sample seed (default 0)")
-    parser.add_argument("--out", default="quality-results", help="output directory (default quality-results)")
     parser.add_argument("--workloads-dir", type=Path, default=WORKLOADS_DIR, help="where workload names are found")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
-    parser.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run_command)
 
 
 def _counts(text: str) -> list[int]:
