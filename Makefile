@@ -26,13 +26,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy $(SOURCES)
 
-test: lint typecheck k8s-tools
+test: lint typecheck k8s-tools dynamo
 	$(BIN)/pytest
 
 # helm and kubectl for the chart tests and the e2e suite, cached outside the repository.
 .PHONY: k8s-tools
 k8s-tools:
 	bash scripts/k8s-tools.sh >/dev/null
+
+# NVIDIA Dynamo (ai-dynamo) in a venv of its own for the live benchmark and its tests, cached outside the repository.
+.PHONY: dynamo
+dynamo:
+	bash scripts/dynamo-venv.sh >/dev/null
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

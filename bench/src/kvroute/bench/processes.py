@@ -38,6 +38,8 @@ class ManagedProcess:
     name: str
     argv: list[str]
     health_url: str
+    # Variables set for the process, over this process's environment (None: inherit it unchanged).
+    env: dict[str, str] | None = None
     popen: subprocess.Popen[bytes] | None = None
     log: tempfile._TemporaryFileWrapper[bytes] | None = field(default=None, repr=False)
 
@@ -48,7 +50,10 @@ class ManagedProcess:
         if url.hostname is not None and _listening(url.hostname, url.port or 80):
             raise RuntimeError(f"{self.name}: {url.hostname}:{url.port} is already in use by another process")
         self.log = tempfile.NamedTemporaryFile(prefix=f"kvroute-{self.name}-", suffix=".log")  # noqa: SIM115
-        self.popen = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
 
     def output_tail(self, limit: int = 2000) -> str:
         if self.log is None:
