@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -15,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from kvroute.bench.live.dynamo import DynamoUnavailable, dynamo_python
 
 pytestmark = pytest.mark.integration
 
@@ -140,16 +143,28 @@ generator: {kind: shared-prefix, groups: 4, system_tokens: 400, question_tokens:
 """
 
 
+def installed_dynamo() -> list[str]:
+    """Dynamo's two rows when its venv is installed; in CI a missing one fails the test."""
+    try:
+        dynamo_python()
+    except DynamoUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"Dynamo is missing: {exc}")
+        return []
+    return ["dynamo-kv", "dynamo-approx"]
+
+
 def test_replay_of_a_workload_file_reports_the_quality_metrics_and_the_models_fidelity(
     tmp_path: Path, require_component: Callable[[str], ModuleType]
 ) -> None:
-    routers = ["kvroute", *installed_peers(require_component)]
+    routers = ["kvroute", *installed_dynamo(), *installed_peers(require_component)]
     sim_port, router_port = free_ports()
     workload = tmp_path / "tiny.yaml"
     workload.write_text(TINY_WORKLOAD)
     out = tmp_path / "out"
     command = live_command(routers, sim_port, router_port, tmp_path / "unused.json", "--workloads", str(workload))
-    command += ["--out", str(out), "--time-scale", "0.5", "--duration", "60"]
+    kv_events_port = router_port + 30  # not among the routers' ports, below the ephemeral range
+    command += ["--out", str(out), "--time-scale", "0.5", "--duration", "60", "--kv-events-port", str(kv_events_port)]
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
 
@@ -164,6 +179,10 @@ def test_replay_of_a_workload_file_reports_the_quality_metrics_and_the_models_fi
         assert metrics["prefix_hit_rate"] > 0, name
     # Four shared prompts on two engines: every router but the client's round-robin keeps groups together.
     assert rows["kvroute"]["prefix_hit_rate"] > rows["direct"]["prefix_hit_rate"]
+    for name in ("dynamo-kv", "dynamo-approx"):
+        if name in rows:  # the token-id prompts went through Dynamo's frontend and its workers
+            assert rows[name]["version"] == "1.6.1"
+            assert rows[name]["prefix_hit_rate"] > rows["direct"]["prefix_hit_rate"], name
     fidelity = results["fidelity"]["tiny-groups-live"]
     assert fidelity["direct"]["model"] == "round-robin"
     assert fidelity["kvroute"]["model"] == "kvroute"
