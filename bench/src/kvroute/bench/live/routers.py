@@ -5,6 +5,9 @@
 - `sglang-router`: the PyPI build, `sglang-router launch --policy cache_aware` with `--log-level warn` (at info
   it logs two lines per request, which costs it about a fifth of its CPU).
 - `vllm-router`: the PyPI build, `vllm-router --policy cache_aware`.
+- `dynamo-kv`, `dynamo-approx`: NVIDIA Dynamo's frontend and KV router (`--router-mode kv`, and its approximate
+  mode without KV events), in Dynamo's own venv, over one worker adapter per simulator (`kvroute.bench.live.
+  dynamo`; `make dynamo` installs it). They take the prompt as the simulator's token ids.
 
 The peers come from the optional dependency group `peers` (`pip install -e '.[peers]'`); a peer that is not
 installed raises `RouterUnavailable` naming that. Both peers bind 127.0.0.1 and a Prometheus port of their own
