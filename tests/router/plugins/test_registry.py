@@ -3,6 +3,7 @@ import random
 import pytest
 from pydantic import BaseModel
 
+from kvroute.router.config.aliases import Alias, PluginRegistry, Unsupported
 from kvroute.router.framework import DataProducer, Filter, Picker, Plugin, ProfileHandler, SaturationDetector, Scorer
 from kvroute.router.plugins.registry import REGISTRY
 
@@ -67,3 +68,11 @@ def test_pickers_take_an_injected_random(type_name: str) -> None:
     cls = REGISTRY[type_name]
     assert issubclass(cls, Picker)
     cls(type_name, cls.Params(), rng=random.Random(0))
+
+
+def test_aliases_never_shadow_a_registered_type_and_name_registered_targets() -> None:
+    assert not set(REGISTRY.aliases) & set(REGISTRY.types)
+    with pytest.raises(ValueError, match="both registered and aliased: queue-scorer"):
+        PluginRegistry(REGISTRY.types, {"queue-scorer": Unsupported("no", "llm-d")})
+    with pytest.raises(ValueError, match='alias "x" refers to the unregistered type "y"'):
+        PluginRegistry(REGISTRY.types, {"x": Alias("y", "llm-d")})

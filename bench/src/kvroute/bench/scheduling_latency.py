@@ -109,7 +109,7 @@ def run(iterations: int) -> list[Row]:
             blocks = -(-chars // 64)
             for max_blocks in sorted({min(blocks, 256), blocks}):
                 prefix = PrefixCacheScorer(
-                    "prefix-cache-scorer", PrefixCacheScorer.Params(maxPrefixBlocksToMatch=max_blocks)
+                    "prefix-cache-scorer", PrefixCacheScorer.Params(max_prefix_blocks_to_match=max_blocks)
                 )
                 warm(prefix, request, endpoints)
                 score = partial(_score_fresh, prefix, request, endpoints)

@@ -23,7 +23,6 @@ from kvroute.router.framework import (
     ProfileResult,
     SchedulingResult,
 )
-from kvroute.router.plugins.handlers.pd import DISAGGREGATION
 from kvroute.router.plugins.prefix.match import prefix_match_key
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
@@ -248,11 +247,12 @@ def test_from_a_config_document_the_pd_handler_and_no_hit_lru_read_its_matches()
     state = CycleState()
     warm = config.scheduler.schedule(request(), [*decode, prefill], state)
     assert warm.endpoints[0] == decode[1]  # 3 of 4 blocks cached there: 6 uncached tokens < 10, no prefill
-    assert state.read(DISAGGREGATION) is None
+    assert warm.disaggregation is None
 
     state = CycleState()
     cold = config.scheduler.schedule(request(list(range(40))), [*decode, prefill], state)
-    plan = state.require(DISAGGREGATION)
+    plan = cold.disaggregation
+    assert plan is not None
     assert (plan.decode, plan.prefill) == (cold.endpoints[0], prefill)  # 40 uncached tokens >= 10
 
 

@@ -1,8 +1,10 @@
 """Turns a validated document into a runnable `LoadedConfig`: plugin instances, profiles, handler, detector.
 
 The rules, which follow GIE's defaulting and add the errors GIE leaves silent:
-- Plugin names are unique (a name defaults to the type); the type must be in the registry; `parameters` are
-  validated by the type's `Params`.
+- Plugin names are unique (a name defaults to the type); the type must be in the registry, or be an upstream
+  name the registry maps (`config.aliases`: built as its kvroute equivalent with translated parameters,
+  absorbed by the plugin doing its job, or rejected naming what to use instead); `parameters` are validated by
+  the type's `Params`.
 - A plugin's roles are the framework ABCs it is an instance of; one object may have several.
 - Data producers run once per scheduling cycle, in document order, whether or not anything reads them; a
   profile cannot refer to one.
@@ -29,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kvroute.router.config.aliases import Absorbed, AliasEntry, TranslationError, Unsupported, aliases_of
 from kvroute.router.config.defaults import (
     DEFAULT_HANDLER_TYPE,
     DEFAULT_PICKER_PARAMETERS,
@@ -42,6 +45,7 @@ from kvroute.router.config.models import (
     AdmissionSpec,
     EndpointPickerConfig,
     MetricsSpec,
+    PluginSpec,
     SaturationDetectorSpec,
     SchedulingProfileSpec,
 )
@@ -142,20 +146,24 @@ class _Builder:
         self.clock = clock
         self.previous = previous
         self.plugins: dict[str, Plugin] = {}
+        self.absorbed: dict[str, tuple[str, str]] = {}  # name -> (upstream type, what does its job)
         self.errors: list[str] = []
 
     def error(self, loc: Loc, message: str) -> None:
         self.errors.append(at(loc, message))
 
     def build(self, document: EndpointPickerConfig, metrics: SchedulerMetrics | None) -> LoadedConfig:
+        aliases = aliases_of(self.registry)
         for i, spec in enumerate(document.plugins):
             name = spec.instance_name
-            if name in self.plugins:
+            if name in self.plugins or name in self.absorbed:
                 self.error(("plugins", i, "name"), f'duplicate plugin name "{name}"')
-            elif spec.type not in self.registry:
-                self.error(("plugins", i, "type"), f'unknown plugin type "{spec.type}"')
-            else:
+            elif spec.type in self.registry:
                 self.instantiate(("plugins", i), name, spec.type, spec.parameters, ("plugins", i, "parameters"))
+            elif spec.type in aliases:
+                self.aliased(i, spec, aliases[spec.type], document)
+            else:
+                self.error(("plugins", i, "type"), f'unknown plugin type "{spec.type}"')
         if self.errors:
             raise ConfigError(self.errors)
 
@@ -187,6 +195,26 @@ class _Builder:
             preparers=tuple(p for p in instances if isinstance(p, Preparer)),
             kv_events_consumers=tuple(p for p in instances if isinstance(p, KVEventsConsumer)),
         )
+
+    def aliased(self, i: int, spec: PluginSpec, entry: AliasEntry, document: EndpointPickerConfig) -> None:
+        """An upstream type name: built as its kvroute equivalent, absorbed, or rejected (`config.aliases`)."""
+        name, params_loc = spec.instance_name, ("plugins", i, "parameters")
+        if isinstance(entry, Unsupported):
+            self.error(
+                ("plugins", i, "type"),
+                f'{entry.origin} plugin type "{spec.type}" has no kvroute equivalent; {entry.instead}',
+            )
+        elif isinstance(entry, Absorbed):
+            self.absorbed[name] = (spec.type, entry.by)
+        else:
+            parameters: Mapping[str, Any] | None = spec.parameters
+            if entry.translate is not None:
+                try:
+                    parameters = entry.translate(spec.parameters or {}, document)
+                except TranslationError as exc:
+                    self.error((*params_loc, *exc.loc), exc.message)
+                    return
+            self.instantiate(("plugins", i), name, entry.target, parameters, params_loc)
 
     def instantiate(
         self, loc: Loc, name: str, type_name: str, parameters: Mapping[str, Any] | None, params_loc: Loc
@@ -255,6 +283,14 @@ class _Builder:
                 ref_loc: Loc = (*loc, "plugins", j)
                 name = ref.plugin_ref
                 plugin = self.plugins.get(name)
+                if plugin is None and name in self.absorbed:
+                    type_name, by = self.absorbed[name]
+                    self.error(
+                        (*ref_loc, "pluginRef"),
+                        f'plugin "{name}" ({type_name}) builds nothing here, its job is done by {by}; '
+                        "a profile cannot refer to it",
+                    )
+                    continue
                 if plugin is None:
                     self.error((*ref_loc, "pluginRef"), f'unknown plugin "{name}"')
                     continue

@@ -3,16 +3,18 @@
 The one place a type name is bound to a class: the config loader looks types up here and nowhere else, and
 importing this module registers nothing as a side effect. Each key equals its class's `type_name`; the older
 label-filter names `by-label` and `by-label-selector` are classes of their own (see `filters.label_selector`).
+The other llm-d names are aliases the config builder maps (`plugins.llmd`, `config.aliases`).
 """
 
 from __future__ import annotations
 
-from kvroute.router.framework import Plugin
+from kvroute.router.config.aliases import PluginRegistry
 from kvroute.router.plugins.filters.label_selector import ByLabelFilter, ByLabelSelectorFilter, LabelSelectorFilter
 from kvroute.router.plugins.filters.prefix_cache_affinity import PrefixCacheAffinityFilter
 from kvroute.router.plugins.filters.role import DecodeFilter, PrefillFilter
 from kvroute.router.plugins.handlers.pd import PDProfileHandler
 from kvroute.router.plugins.handlers.single import SingleProfileHandler
+from kvroute.router.plugins.llmd import ALIASES as LLMD_ALIASES
 from kvroute.router.plugins.pickers.max_score import MaxScorePicker
 from kvroute.router.plugins.pickers.random_picker import RandomPicker
 from kvroute.router.plugins.pickers.round_robin import RoundRobinPicker
@@ -35,40 +37,43 @@ from kvroute.router.plugins.scorers.running_requests import RunningRequestsSizeS
 from kvroute.router.plugins.scorers.session_affinity import SessionAffinityScorer
 from kvroute.router.plugins.scorers.token_load import TokenLoadScorer
 
-REGISTRY: dict[str, type[Plugin]] = {
-    # profile handlers
-    "single-profile-handler": SingleProfileHandler,
-    "pd-profile-handler": PDProfileHandler,
-    # filters
-    "label-selector-filter": LabelSelectorFilter,
-    "by-label": ByLabelFilter,
-    "by-label-selector": ByLabelSelectorFilter,
-    "decode-filter": DecodeFilter,
-    "prefill-filter": PrefillFilter,
-    "prefix-cache-affinity-filter": PrefixCacheAffinityFilter,
-    # data producers
-    "approx-prefix-cache-producer": ApproxPrefixCacheProducer,
-    "inflight-load-producer": InFlightLoadProducer,
-    # scorers
-    "prefix-cache-scorer": PrefixCacheScorer,
-    "precise-prefix-cache-scorer": PrecisePrefixCacheScorer,
-    "no-hit-lru-scorer": NoHitLRUScorer,
-    "active-blocks-scorer": ActiveBlocksScorer,
-    "queue-scorer": QueueScorer,
-    "kv-cache-utilization-scorer": KVCacheUtilizationScorer,
-    "running-requests-size-scorer": RunningRequestsSizeScorer,
-    "load-aware-scorer": LoadAwareScorer,
-    "active-request-scorer": ActiveRequestScorer,
-    "token-load-scorer": TokenLoadScorer,
-    "predicted-latency-scorer": PredictedLatencyScorer,
-    "lora-affinity-scorer": LoraAffinityScorer,
-    "session-affinity-scorer": SessionAffinityScorer,
-    # pickers
-    "max-score-picker": MaxScorePicker,
-    "random-picker": RandomPicker,
-    "weighted-random-picker": WeightedRandomPicker,
-    "round-robin-picker": RoundRobinPicker,
-    "softmax-picker": SoftmaxPicker,
-    # saturation detectors
-    "utilization-detector": UtilizationDetector,
-}
+REGISTRY = PluginRegistry(
+    {
+        # profile handlers
+        "single-profile-handler": SingleProfileHandler,
+        "pd-profile-handler": PDProfileHandler,
+        # filters
+        "label-selector-filter": LabelSelectorFilter,
+        "by-label": ByLabelFilter,
+        "by-label-selector": ByLabelSelectorFilter,
+        "decode-filter": DecodeFilter,
+        "prefill-filter": PrefillFilter,
+        "prefix-cache-affinity-filter": PrefixCacheAffinityFilter,
+        # data producers
+        "approx-prefix-cache-producer": ApproxPrefixCacheProducer,
+        "inflight-load-producer": InFlightLoadProducer,
+        # scorers
+        "prefix-cache-scorer": PrefixCacheScorer,
+        "precise-prefix-cache-scorer": PrecisePrefixCacheScorer,
+        "no-hit-lru-scorer": NoHitLRUScorer,
+        "active-blocks-scorer": ActiveBlocksScorer,
+        "queue-scorer": QueueScorer,
+        "kv-cache-utilization-scorer": KVCacheUtilizationScorer,
+        "running-requests-size-scorer": RunningRequestsSizeScorer,
+        "load-aware-scorer": LoadAwareScorer,
+        "active-request-scorer": ActiveRequestScorer,
+        "token-load-scorer": TokenLoadScorer,
+        "predicted-latency-scorer": PredictedLatencyScorer,
+        "lora-affinity-scorer": LoraAffinityScorer,
+        "session-affinity-scorer": SessionAffinityScorer,
+        # pickers
+        "max-score-picker": MaxScorePicker,
+        "random-picker": RandomPicker,
+        "weighted-random-picker": WeightedRandomPicker,
+        "round-robin-picker": RoundRobinPicker,
+        "softmax-picker": SoftmaxPicker,
+        # saturation detectors
+        "utilization-detector": UtilizationDetector,
+    },
+    LLMD_ALIASES,
+)

@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kvroute.router.framework import CycleState, Endpoint, Filter, LLMRequest
+from kvroute.router.plugins.params import PluginParams
 
 
 class Operator(StrEnum):
@@ -34,10 +35,8 @@ class Operator(StrEnum):
     DOES_NOT_EXIST = "DoesNotExist"
 
 
-class LabelExpression(BaseModel):
+class LabelExpression(PluginParams):
     """One requirement of `matchExpressions`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     key: str = Field(min_length=1)
     operator: Operator
@@ -66,11 +65,9 @@ class LabelExpression(BaseModel):
 class LabelSelectorFilter(Filter):
     type_name = "label-selector-filter"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-        match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
-        match_expressions: tuple[LabelExpression, ...] = Field(default=(), alias="matchExpressions")
+    class Params(PluginParams):
+        match_labels: dict[str, str] = Field(default_factory=dict)
+        match_expressions: tuple[LabelExpression, ...] = Field(default=())
 
     def __init__(self, name: str, params: Params | None = None) -> None:
         params = params or self.Params()
@@ -94,26 +91,22 @@ def _expressions(
 class ByLabelSelectorFilter(LabelSelectorFilter):
     type_name = "by-label-selector"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-        match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    class Params(PluginParams):
+        match_labels: dict[str, str] = Field(default_factory=dict)
 
     def __init__(self, name: str, params: Params | None = None) -> None:
         params = params or self.Params()
-        super().__init__(name, LabelSelectorFilter.Params(matchLabels=params.match_labels))
+        super().__init__(name, LabelSelectorFilter.Params(match_labels=params.match_labels))
         self.params = params
 
 
 class ByLabelFilter(Filter):
     type_name = "by-label"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         label: str = Field(min_length=1)
-        valid_values: tuple[str, ...] = Field(default=(), alias="validValues")
-        allows_no_label: bool = Field(default=False, alias="allowsNoLabel")
+        valid_values: tuple[str, ...] = Field(default=())
+        allows_no_label: bool = Field(default=False)
 
     def __init__(self, name: str, params: Params) -> None:
         super().__init__(name, params)

@@ -38,9 +38,10 @@ import random
 from collections.abc import Sequence
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kvroute.router.framework import CycleState, Endpoint, Filter, LLMRequest
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.match import prefix_match_key
 from kvroute.router.plugins.producers.approx_prefix_cache import ApproxPrefixCacheProducer
 from kvroute.router.plugins.producers.inflight_load import InFlightLoadProducer, in_flight_load_key
@@ -50,21 +51,17 @@ class PrefixCacheAffinityFilter(Filter):
     type_name = "prefix-cache-affinity-filter"
     uses_rng = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         affinity_threshold: float = Field(
             default=0.80,
             ge=0.0,
             le=1.0,
-            alias="affinityThreshold",
             description="Prefix score from which an endpoint is sticky; 0 turns the filter off.",
         )
         exploration_probability: float = Field(
             default=0.0,
             ge=0.0,
             le=1.0,
-            alias="explorationProbability",
             description="Probability of keeping every endpoint regardless of affinity.",
         )
         max_ttft_penalty_ms: float = Field(
@@ -75,31 +72,26 @@ class PrefixCacheAffinityFilter(Filter):
         )
         ttft_source: Literal["prefillThroughput"] = Field(
             default="prefillThroughput",
-            alias="ttftSource",
             description="Where the estimated TTFT comes from: in-flight tokens / peakPrefillThroughput.",
         )
         peak_prefill_throughput: float = Field(
             default=15_928.0,
             ge=0.0,
-            alias="peakPrefillThroughput",
             description="Prefill tokens per second an endpoint computes, for the estimated TTFT.",
         )
         max_tokens_in_flight_penalty: int = Field(
             default=0,
             ge=0,
-            alias="maxTokensInFlightPenalty",
             description="In-flight tokens the best sticky endpoint may exceed the best other by; 0 = off.",
         )
         prefix_match_info_producer_name: str = Field(
             default=ApproxPrefixCacheProducer.type_name,
             min_length=1,
-            alias="prefixMatchInfoProducerName",
             description="Name of the plugin whose prefix match info gives the scores.",
         )
         in_flight_load_producer_name: str = Field(
             default=InFlightLoadProducer.type_name,
             min_length=1,
-            alias="inFlightLoadProducerName",
             description="Name of the inflight-load-producer whose counts feed the load gate.",
         )
 

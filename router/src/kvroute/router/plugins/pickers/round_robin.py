@@ -12,30 +12,22 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from kvroute.router.framework import Endpoint, ScoredEndpoint
+from kvroute.router.plugins.pickers.top_n import TopNParams, TopNPicker
 
-from kvroute.router.framework import CycleState, Endpoint, LLMRequest, Picker, ScoredEndpoint
 
-
-class RoundRobinPicker(Picker):
+class RoundRobinPicker(TopNPicker):
     type_name = "round-robin-picker"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    def __init__(self, name: str, params: TopNParams | None = None, *, rng: random.Random | None = None) -> None:
+        super().__init__(name, params, rng=rng)
+        self._cursor = self.rng.randrange(1 << 16)
 
-        max_num_of_endpoints: int = Field(default=1, ge=1, alias="maxNumOfEndpoints")
-
-    def __init__(self, name: str, params: Params | None = None, *, rng: random.Random | None = None) -> None:
-        params = params or self.Params()
-        super().__init__(name, params)
-        self._n = params.max_num_of_endpoints
-        self._cursor = (rng or random.Random()).randrange(1 << 16)
-
-    def pick(self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
+    def choose(self, scored: Sequence[ScoredEndpoint], n: int) -> list[Endpoint]:
         if not scored:
             return []
         ordered = sorted((s.endpoint for s in scored), key=lambda e: e.id)
         start = self._cursor % len(ordered)
         self._cursor += 1
         rotated = ordered[start:] + ordered[:start]
-        return rotated[: self._n]
+        return rotated[:n]

@@ -18,36 +18,31 @@ import math
 import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kvroute.router.framework import CycleState, Endpoint, LLMRequest, Picker, ScoredEndpoint
-from kvroute.router.plugins.pickers.max_score import top_by_score
+from kvroute.router.framework import Endpoint, ScoredEndpoint
+from kvroute.router.plugins.pickers.top_n import TopNParams, TopNPicker, top_by_score
 from kvroute.router.plugins.scorers.normalize import normalize_min_max
 
 
-class SoftmaxPicker(Picker):
+class SoftmaxPicker(TopNPicker):
     type_name = "softmax-picker"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(TopNParams):
         temperature: float = Field(default=0.0, ge=0.0, description="0 picks the highest score.")
-        max_num_of_endpoints: int = Field(default=1, ge=1, alias="maxNumOfEndpoints")
 
     def __init__(self, name: str, params: Params | None = None, *, rng: random.Random | None = None) -> None:
         params = params or self.Params()
-        super().__init__(name, params)
+        super().__init__(name, params, rng=rng)
         self._temperature = params.temperature
-        self._n = params.max_num_of_endpoints
-        self._rng = rng or random.Random()
 
-    def pick(self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
+    def choose(self, scored: Sequence[ScoredEndpoint], n: int) -> list[Endpoint]:
         if self._temperature == 0:
-            return top_by_score(scored, self._n, self._rng)
+            return top_by_score(scored, n, self.rng)
         normalised = normalize_min_max({s.endpoint.id: s.score for s in scored}, lower_is_better=False)
         candidates = [(s.endpoint, normalised[s.endpoint.id]) for s in scored]
         picked: list[Endpoint] = []
-        while candidates and len(picked) < self._n:
+        while candidates and len(picked) < n:
             # Shifted by the best remaining x so every weight is in (0, 1] and the best never underflows to 0.
             best = max(x for _, x in candidates)
             index = self._draw([math.exp((x - best) / self._temperature) for _, x in candidates])
@@ -55,7 +50,7 @@ class SoftmaxPicker(Picker):
         return picked
 
     def _draw(self, weights: Sequence[float]) -> int:
-        threshold = self._rng.random() * sum(weights)
+        threshold = self.rng.random() * sum(weights)
         cumulative = 0.0
         for index, weight in enumerate(weights):
             cumulative += weight

@@ -13,34 +13,21 @@ endpoints than requested exist.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from kvroute.router.framework import Endpoint, ScoredEndpoint
+from kvroute.router.plugins.pickers.top_n import TopNPicker
 
-from kvroute.router.framework import CycleState, Endpoint, LLMRequest, Picker, ScoredEndpoint
 
-
-class WeightedRandomPicker(Picker):
+class WeightedRandomPicker(TopNPicker):
     type_name = "weighted-random-picker"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-        max_num_of_endpoints: int = Field(default=1, ge=1, alias="maxNumOfEndpoints")
-
-    def __init__(self, name: str, params: Params | None = None, *, rng: random.Random | None = None) -> None:
-        params = params or self.Params()
-        super().__init__(name, params)
-        self._n = params.max_num_of_endpoints
-        self._rng = rng or random.Random()
-
-    def pick(self, state: CycleState, request: LLMRequest, scored: Sequence[ScoredEndpoint]) -> list[Endpoint]:
+    def choose(self, scored: Sequence[ScoredEndpoint], n: int) -> list[Endpoint]:
         keyed: list[tuple[bool, float, Endpoint]] = []
         for s in scored:
-            u = self._rng.random()
+            u = self.rng.random()
             positive = s.score > 0
             # Zero scores sort after every positive one; their own key only orders them among themselves.
             keyed.append((positive, u ** (1.0 / s.score) if positive else u, s.endpoint))
         keyed.sort(key=lambda k: (k[0], k[1]), reverse=True)
-        return [endpoint for _, _, endpoint in keyed[: self._n]]
+        return [endpoint for _, _, endpoint in keyed[:n]]

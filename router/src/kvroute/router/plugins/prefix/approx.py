@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from kvroute.router.framework import (
     CycleState,
@@ -37,6 +37,7 @@ from kvroute.router.framework import (
     SchedulingResult,
 )
 from kvroute.router.plugins.fleet_values import endpoint_ids, fields, pack_hashes, unpack_hashes
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -48,27 +49,16 @@ from kvroute.router.plugins.prefix.index import PrefixIndex
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
 
-class ApproxPrefixParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    block_size_tokens: int = Field(
-        default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1, alias="blockSizeTokens", description="Tokens per hashed block."
-    )
+class ApproxPrefixParams(PluginParams):
+    block_size_tokens: int = Field(default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1, description="Tokens per hashed block.")
     hash_block_size: int | None = Field(
         default=None,
         ge=1,
-        alias="hashBlockSize",
         description="Characters per hashed block (GIE v0.x); replaces blockSizeTokens * 4.",
     )
-    max_prefix_blocks_to_match: int = Field(
-        default=DEFAULT_MAX_BLOCKS, ge=1, alias="maxPrefixBlocksToMatch", description="Blocks hashed at most."
-    )
-    lru_capacity_per_server: int = Field(
-        default=31_250, ge=1, alias="lruCapacityPerServer", description="Blocks remembered per endpoint."
-    )
-    auto_tune: bool = Field(
-        default=True, alias="autoTune", description="Size each endpoint's memory from its num_gpu_blocks."
-    )
+    max_prefix_blocks_to_match: int = Field(default=DEFAULT_MAX_BLOCKS, ge=1, description="Blocks hashed at most.")
+    lru_capacity_per_server: int = Field(default=31_250, ge=1, description="Blocks remembered per endpoint.")
+    auto_tune: bool = Field(default=True, description="Size each endpoint's memory from its num_gpu_blocks.")
 
     @model_validator(mode="after")
     def _one_block_size(self) -> Self:

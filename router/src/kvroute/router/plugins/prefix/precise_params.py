@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from kvroute.router.config.models import parse_duration
 from kvroute.router.framework import KVEventsSubscription
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_MAX_BLOCKS
 from kvroute.router.plugins.prefix.precise_index import DEFAULT_MAX_ENTRIES
 from kvroute.router.plugins.tokenizers import TokenizerKind
@@ -42,10 +43,8 @@ def check_zmq_endpoint(value: str) -> str:
     )
 
 
-class KVEventsParams(BaseModel):
+class KVEventsParams(PluginParams):
     """Where the KV events come from: `bind` (central) or `endpointPort` (one connection per endpoint)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     bind: str | None = Field(
         default=None, description="ZMQ endpoint the router binds, every engine connecting to it (tcp://*:5557)."
@@ -54,10 +53,9 @@ class KVEventsParams(BaseModel):
         default=None,
         ge=1,
         le=65535,
-        alias="endpointPort",
         description="Port of each endpoint's publisher: the router connects to tcp://<endpoint address>:<port>.",
     )
-    topic_filter: str = Field(default="kv@", alias="topicFilter", description="Topic prefix subscribed to.")
+    topic_filter: str = Field(default="kv@", description="Topic prefix subscribed to.")
 
     @field_validator("bind")
     @classmethod
@@ -82,28 +80,20 @@ class KVEventsParams(BaseModel):
         return KVEventsSubscription(bind=self.bind, endpoint_port=self.endpoint_port, topic_filter=self.topic_filter)
 
 
-class PrecisePrefixParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    kv_events: KVEventsParams = Field(alias="kvEvents", description="How the engines' KV events reach the router.")
+class PrecisePrefixParams(PluginParams):
+    kv_events: KVEventsParams = Field(description="How the engines' KV events reach the router.")
     block_size_tokens: int = Field(
         default=DEFAULT_BLOCK_SIZE_TOKENS,
         ge=1,
-        alias="blockSizeTokens",
         description="Tokens per block, for endpoints whose events and metrics have not told theirs.",
     )
-    max_prefix_blocks_to_match: int = Field(
-        default=DEFAULT_MAX_BLOCKS, ge=1, alias="maxPrefixBlocksToMatch", description="Blocks matched at most."
-    )
+    max_prefix_blocks_to_match: int = Field(default=DEFAULT_MAX_BLOCKS, ge=1, description="Blocks matched at most.")
     lru_capacity_per_endpoint: int | None = Field(
         default=None,
         ge=1,
-        alias="lruCapacityPerEndpoint",
         description="Engine blocks remembered per endpoint; default twice its num_gpu_blocks, else 131072.",
     )
-    max_entries: int = Field(
-        default=DEFAULT_MAX_ENTRIES, ge=1, alias="maxEntries", description="Entries remembered for all endpoints."
-    )
+    max_entries: int = Field(default=DEFAULT_MAX_ENTRIES, ge=1, description="Entries remembered for all endpoints.")
     speculative_ttl: Annotated[float, BeforeValidator(_seconds_or_zero)] = Field(
         default=2.0,
         ge=0.0,
@@ -111,11 +101,9 @@ class PrecisePrefixParams(BaseModel):
         description="How long a routed prompt counts as cached on its target before events confirm it; 0: off.",
     )
     tokenizer: TokenizerKind = Field(default="estimate", description="estimate, hf or engine.")
-    tokenizer_path: str | None = Field(
-        default=None, min_length=1, alias="tokenizerPath", description="hf: the model's tokenizer.json."
-    )
+    tokenizer_path: str | None = Field(default=None, min_length=1, description="hf: the model's tokenizer.json.")
     tokenize_timeout: Annotated[float, BeforeValidator(_seconds)] = Field(
-        default=1.0, gt=0.0, alias="tokenizeTimeout", description="engine: bound of the /tokenize calls."
+        default=1.0, gt=0.0, description="engine: bound of the /tokenize calls."
     )
 
     @model_validator(mode="after")

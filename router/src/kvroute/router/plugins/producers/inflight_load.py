@@ -28,10 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kvroute.router.framework import (
     CycleState,
@@ -46,8 +45,10 @@ from kvroute.router.framework import (
     StateKey,
 )
 from kvroute.router.plugins.fleet_values import fields
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
+from kvroute.router.plugins.scorers.in_flight import InFlightLedger
 
 DEFAULT_PREFIX_PRODUCER = "approx-prefix-cache-producer"
 
@@ -79,58 +80,44 @@ def in_flight_load_key(producer_name: str) -> StateKey[InFlightLoad]:
     return key
 
 
-@dataclass(slots=True)
-class _Charge:
-    endpoint_id: str
-    tokens: int
-    primary: bool
-    tokens_released: bool = False
-    request_released: bool = False
-
-
 class InFlightLoadProducer(DataProducer, PreRequest, ResponseHook, FleetShared):
     type_name = "inflight-load-producer"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         prefix_match_info_producer_name: str = Field(
             default=DEFAULT_PREFIX_PRODUCER,
             min_length=1,
-            alias="prefixMatchInfoProducerName",
             description="Name of the prefix plugin whose match info gives the cached part of the prompt.",
         )
 
     def __init__(self, name: str, params: Params | None = None) -> None:
         params = params or self.Params()
         super().__init__(name, params)
-        self._tokens: dict[str, int] = {}
-        self._requests: dict[str, int] = {}
         self._key = in_flight_load_key(name)
-        # One key per producer: two instances must not release each other's charges.
-        self._charges: StateKey[list[_Charge]] = StateKey(f"{name}/in-flight-charges")
+        # Charged together, one charge per profile target; the primary target's request stays until completion.
+        self._token_ledger = InFlightLedger(name, "in-flight-tokens")
+        self._request_ledger = InFlightLedger(name, "in-flight-requests")
+        self._tokens, self._requests = self._token_ledger.totals, self._request_ledger.totals
         self._load = InFlightLoad(
-            MappingProxyType(self._tokens),
-            MappingProxyType(self._requests),
-            prefix_match_key(params.prefix_match_info_producer_name),
+            self._tokens, self._requests, prefix_match_key(params.prefix_match_info_producer_name)
         )
 
     def in_flight_tokens(self, endpoint_id: str) -> int:
-        return self._tokens.get(endpoint_id, 0)
+        return self._token_ledger.total(endpoint_id)
 
     def in_flight_requests(self, endpoint_id: str) -> int:
-        return self._requests.get(endpoint_id, 0)
+        return self._request_ledger.total(endpoint_id)
 
     def produce(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
         state.write(self._key, self._load)
 
     def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
-        charges: list[_Charge] = []
+        charges: list[tuple[str, int, bool]] = []
         for name, profile_result in result.profile_results.items():
             target = profile_result.primary
             if target is not None:
                 tokens = self._load.request_tokens(state, request, target.id)
-                charges.append(_Charge(target.id, tokens, primary=name == result.primary_profile))
+                charges.append((target.id, tokens, name == result.primary_profile))
         self._charge(state, charges)
 
     def on_response_chunk(
@@ -142,51 +129,35 @@ class InFlightLoadProducer(DataProducer, PreRequest, ResponseHook, FleetShared):
         new_tokens: int,
     ) -> None:
         if new_tokens > 0:
-            self._release(state, everything=False)
+            self._token_ledger.release(state)
+            self._request_ledger.release(state, final=False)
 
     def on_response_complete(
         self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
     ) -> None:
-        self._release(state, everything=True)
+        self._token_ledger.release(state)
+        self._request_ledger.release(state)
 
     def share(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> Any:
-        charges = state.read(self._charges)
-        if not charges:
+        tokens, requests = self._token_ledger.charges(state), self._request_ledger.charges(state)
+        if not tokens:
             return None
-        return [[c.endpoint_id, c.tokens, c.primary] for c in charges]
+        return [[t.endpoint_id, t.amount, r.until_complete] for t, r in zip(tokens, requests, strict=True)]
 
     def adopt(self, state: CycleState, shared: Any, endpoints: Mapping[str, Endpoint]) -> None:
         if not isinstance(shared, list | tuple):
             raise TypeError("in-flight charges must be a list")
-        charges: list[_Charge] = []
+        charges: list[tuple[str, int, bool]] = []
         for item in shared:
             endpoint_id, tokens, primary = fields(item, str, int, bool)
             if tokens < 0:
                 raise ValueError("a negative in-flight charge")
-            charges.append(_Charge(endpoint_id, tokens, primary))
+            charges.append((endpoint_id, tokens, primary))
         self._charge(state, charges)
 
-    def _charge(self, state: CycleState, charges: list[_Charge]) -> None:
-        if not charges or state.read(self._charges) is not None:
+    def _charge(self, state: CycleState, charges: list[tuple[str, int, bool]]) -> None:
+        if not charges or self._token_ledger.charges(state):
             return
-        for c in charges:
-            self._tokens[c.endpoint_id] = self._tokens.get(c.endpoint_id, 0) + c.tokens
-            self._requests[c.endpoint_id] = self._requests.get(c.endpoint_id, 0) + 1
-        state.write(self._charges, charges)
-
-    def _release(self, state: CycleState, *, everything: bool) -> None:
-        for c in state.read(self._charges) or ():
-            if not c.tokens_released:
-                c.tokens_released = True
-                _subtract(self._tokens, c.endpoint_id, c.tokens)
-            if not c.request_released and (everything or not c.primary):
-                c.request_released = True
-                _subtract(self._requests, c.endpoint_id, 1)
-
-
-def _subtract(totals: dict[str, int], endpoint_id: str, amount: int) -> None:
-    remaining = totals.get(endpoint_id, 0) - amount
-    if remaining > 0:
-        totals[endpoint_id] = remaining
-    else:
-        totals.pop(endpoint_id, None)
+        for endpoint_id, tokens, primary in charges:
+            self._token_ledger.charge(state, endpoint_id, tokens)
+            self._request_ledger.charge(state, endpoint_id, 1, until_complete=primary)

@@ -27,10 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, Field
 
 from kvroute.router.config.models import parse_duration
 from kvroute.router.framework import CycleState, Endpoint, EndpointMetrics, Filter, LLMRequest, SaturationDetector
+from kvroute.router.plugins.params import PluginParams
 
 
 def _seconds(value: object) -> object:
@@ -43,13 +44,11 @@ def _seconds(value: object) -> object:
 class UtilizationDetector(SaturationDetector, Filter):
     type_name = "utilization-detector"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-        queue_depth_threshold: int = Field(default=5, gt=0, alias="queueDepthThreshold")
-        kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0, alias="kvCacheUtilThreshold")
+    class Params(PluginParams):
+        queue_depth_threshold: int = Field(default=5, gt=0)
+        kv_cache_util_threshold: float = Field(default=0.8, gt=0.0, le=1.0)
         metrics_staleness_threshold: Annotated[float, BeforeValidator(_seconds)] = Field(
-            default=0.2, gt=0.0, alias="metricsStalenessThreshold", description="Seconds (or a Go duration string)."
+            default=0.2, gt=0.0, description="Seconds (or a Go duration string)."
         )
         headroom: float = Field(default=0.0, ge=0.0)
 

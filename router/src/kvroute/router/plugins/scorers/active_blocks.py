@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kvroute.router.framework import (
     CycleState,
@@ -50,6 +50,7 @@ from kvroute.router.framework import (
     StateKey,
 )
 from kvroute.router.plugins.fleet_values import fields, pack_hashes, unpack_hashes
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_SIZE_TOKENS,
@@ -90,19 +91,14 @@ class _Tracked:
 class ActiveBlocksScorer(Scorer, PreRequest, ResponseHook, FleetShared):
     type_name = "active-blocks-scorer"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         overlap_weight: float = Field(
-            default=1.0, ge=0.0, alias="overlapWeight", description="Weight of prefill blocks against decode blocks."
+            default=1.0, ge=0.0, description="Weight of prefill blocks against decode blocks."
         )
-        block_size_tokens: int = Field(
-            default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1, alias="blockSizeTokens", description="Tokens per block."
-        )
+        block_size_tokens: int = Field(default=DEFAULT_BLOCK_SIZE_TOKENS, ge=1, description="Tokens per block.")
         prefix_plugin_name: str = Field(
             default="prefix-cache-scorer",
             min_length=1,
-            alias="prefixPluginName",
             description="Name of the prefix plugin whose match info gives the cached blocks.",
         )
 

@@ -21,36 +21,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kvroute.router.framework import (
-    CycleState,
-    Endpoint,
-    LLMRequest,
-    PreRequest,
-    ResponseHook,
-    ResponseInfo,
-    SchedulingResult,
-    Scorer,
-)
-from kvroute.router.plugins.scorers.in_flight import InFlightLedger, LedgerShared
+from kvroute.router.framework import CycleState, Endpoint, LLMRequest
+from kvroute.router.plugins.params import PluginParams
+from kvroute.router.plugins.scorers.in_flight import InFlightScorer
 from kvroute.router.plugins.scorers.normalize import normalize_min_max
 
 
-class ActiveRequestScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
+class ActiveRequestScorer(InFlightScorer):
     type_name = "active-request-scorer"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         idle_threshold: int = Field(
-            default=0,
-            ge=0,
-            alias="idleThreshold",
-            description="In-flight count at or below which an endpoint scores 1.",
+            default=0, ge=0, description="In-flight count at or below which an endpoint scores 1."
         )
         max_busy_score: float = Field(
-            default=1.0, ge=0.0, le=1.0, alias="maxBusyScore", description="Upper bound of a busy endpoint's score."
+            default=1.0, ge=0.0, le=1.0, description="Upper bound of a busy endpoint's score."
         )
 
     def __init__(self, name: str, params: Params | None = None) -> None:
@@ -58,7 +45,6 @@ class ActiveRequestScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
         super().__init__(name, params)
         self._idle_threshold = params.idle_threshold
         self._max_busy_score = params.max_busy_score
-        self._ledger = InFlightLedger(name)
 
     def in_flight(self, endpoint_id: str) -> int:
         """Requests this router has sent to the endpoint that have not completed yet."""
@@ -72,11 +58,5 @@ class ActiveRequestScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
             for eid, count in counts.items()
         }
 
-    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
-        if result.endpoints:
-            self._ledger.charge(state, result.endpoints[0].id, 1)
-
-    def on_response_complete(
-        self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
-    ) -> None:
-        self._ledger.release(state)
+    def amount(self, state: CycleState, request: LLMRequest, endpoint_id: str) -> int:
+        return 1

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kvroute.router.framework import CycleState, Endpoint, LLMRequest, Scorer
+from kvroute.router.plugins.params import PluginParams
 
 
 class LoadAwareScorer(Scorer):
     type_name = "load-aware-scorer"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         threshold: int = Field(default=128, gt=0, description="Queue length at and above which the score is 0.")
 
     def __init__(self, name: str, params: Params | None = None) -> None:

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kvroute.router.framework import (
     CycleState,
@@ -37,6 +37,7 @@ from kvroute.router.framework import (
     Scorer,
 )
 from kvroute.router.plugins.fleet_values import endpoint_ids
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_holders, prefix_match_key
 
 WARM_SCORE = 0.5
@@ -45,14 +46,11 @@ WARM_SCORE = 0.5
 class NoHitLRUScorer(Scorer, PreRequest, EndpointObserver, FleetShared):
     type_name = "no-hit-lru-scorer"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-        lru_size: int = Field(default=1024, ge=1, alias="lruSize", description="Endpoints remembered.")
+    class Params(PluginParams):
+        lru_size: int = Field(default=1024, ge=1, description="Endpoints remembered.")
         prefix_plugin_name: str = Field(
             default="prefix-cache-scorer",
             min_length=1,
-            alias="prefixPluginName",
             description="Name of the prefix plugin whose match info says whether a request is cold.",
         )
 

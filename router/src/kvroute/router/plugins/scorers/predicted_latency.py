@@ -67,7 +67,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from kvroute.router.framework import (
     Clock,
@@ -94,6 +94,7 @@ from kvroute.router.plugins.latency.model import (
     step_features,
     ttft_features,
 )
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
 
@@ -125,79 +126,60 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
     type_name = "predicted-latency-scorer"
     uses_clock = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         prefix_plugin_name: str = Field(
             default="prefix-cache-scorer",
             min_length=1,
-            alias="prefixPluginName",
             description="Name of the prefix plugin whose match info gives each endpoint's cached prefix.",
         )
         profile_name: str | None = Field(
             default=None,
             min_length=1,
-            alias="profileName",
             description="Profile whose pick is charged (default: the primary profile); `prefill` in a P/D prefill "
             "profile.",
         )
         remote_prefill: bool = Field(
             default=False,
-            alias="remotePrefill",
             description="The candidates receive the prompt's KV from a prefill endpoint (a P/D decode profile): no "
             "prefill is priced here, and observed TTFTs (which include the remote prefill) teach nothing.",
         )
-        capacity_charge: float = Field(
-            default=0.5, ge=0.0, alias="capacityCharge", description="Extra multiples of the own prefill time."
-        )
+        capacity_charge: float = Field(default=0.5, ge=0.0, description="Extra multiples of the own prefill time.")
         arrival_charge: float = Field(
             default=0.5,
             ge=0.0,
-            alias="arrivalCharge",
             description="Multiple of the requests expected to arrive behind this one that its own prefill delays.",
         )
         kv_wait_charge: float = Field(
             default=1.0,
             ge=0.0,
-            alias="kvWaitCharge",
             description="Multiple of the predicted wait for KV blocks when the request does not fit (0: ignore).",
         )
         score_scale_seconds: float = Field(
             default=1.0,
             gt=0.0,
-            alias="scoreScaleSeconds",
             description="Seconds of extra cost that take 1 off the score.",
         )
         prefill_tokens_per_second: float = Field(
-            default=27_778.0, gt=0.0, alias="prefillTokensPerSecond", description="Prior prefill speed per endpoint."
+            default=27_778.0, gt=0.0, description="Prior prefill speed per endpoint."
         )
-        step_overhead_seconds: float = Field(
-            default=0.006, gt=0.0, alias="stepOverheadSeconds", description="Prior fixed cost of one engine step."
-        )
+        step_overhead_seconds: float = Field(default=0.006, gt=0.0, description="Prior fixed cost of one engine step.")
         decode_seconds_per_sequence: float = Field(
             default=30e-6,
             ge=0.0,
-            alias="decodeSecondsPerSequence",
             description="Prior step cost per decoding sequence.",
         )
         decode_seconds_per_context_token: float = Field(
             default=0.039e-6,
             ge=0.0,
-            alias="decodeSecondsPerContextToken",
             description="Prior step cost per token of context the decoding sequences attend over.",
         )
         request_overhead_seconds: float = Field(
             default=0.001,
             gt=0.0,
-            alias="requestOverheadSeconds",
             description="Prior time a request costs outside the engine's steps (network, HTTP, tokenization).",
         )
-        max_batched_tokens: int = Field(
-            default=8192, ge=1, alias="maxBatchedTokens", description="Tokens one engine step computes at most."
-        )
-        output_tokens_estimate: int = Field(
-            default=256, ge=1, alias="outputTokensEstimate", description="Output length assumed before any is seen."
-        )
+        max_batched_tokens: int = Field(default=8192, ge=1, description="Tokens one engine step computes at most.")
+        output_tokens_estimate: int = Field(default=256, ge=1, description="Output length assumed before any is seen.")
         learning: bool = Field(default=True, description="Fit the coefficients to the observed latencies.")
         forgetting: float = Field(
             default=0.995, gt=0.0, le=1.0, description="Forgetting factor of the online fit (1: never forget)."

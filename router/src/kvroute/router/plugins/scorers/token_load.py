@@ -33,46 +33,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from kvroute.router.framework import (
-    CycleState,
-    Endpoint,
-    LLMRequest,
-    PreRequest,
-    ResponseHook,
-    ResponseInfo,
-    SchedulingResult,
-    Scorer,
-)
+from kvroute.router.framework import CycleState, Endpoint, LLMRequest
+from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import prefix_match_key
 from kvroute.router.plugins.producers.inflight_load import InFlightLoadProducer, in_flight_load_key
-from kvroute.router.plugins.scorers.in_flight import InFlightLedger, LedgerShared
+from kvroute.router.plugins.scorers.in_flight import InFlightScorer
 
 
-class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
+class TokenLoadScorer(InFlightScorer):
     type_name = "token-load-scorer"
+    releases_at_first_token = True
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+    class Params(PluginParams):
         queue_threshold_tokens: int = Field(
             default=4_194_304,
             gt=0,
-            alias="queueThresholdTokens",
             description="In-flight prompt tokens at and above which an endpoint scores 0.",
         )
         prefix_plugin_name: str = Field(
             default="prefix-cache-scorer",
             min_length=1,
-            alias="prefixPluginName",
             description="Name of the prefix plugin whose match info gives the cached part of the prompt.",
         )
         in_flight_load_producer_name: str = Field(
             default=InFlightLoadProducer.type_name,
             min_length=1,
-            alias="inFlightLoadProducerName",
             description="Name of the inflight-load-producer to read the load from, when one is configured.",
         )
 
@@ -82,7 +70,6 @@ class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
         self._threshold = params.queue_threshold_tokens
         self._match_key = prefix_match_key(params.prefix_plugin_name)
         self._load_key = in_flight_load_key(params.in_flight_load_producer_name)
-        self._ledger = InFlightLedger(name)
 
     def in_flight_tokens(self, endpoint_id: str) -> int:
         """Prompt tokens charged to the endpoint and not yet released."""
@@ -99,26 +86,8 @@ class TokenLoadScorer(Scorer, PreRequest, ResponseHook, LedgerShared):
             }
         return {e.id: 1.0 - min(1.0, self.in_flight_tokens(e.id) / threshold) for e in endpoints}
 
-    def pre_request(self, state: CycleState, request: LLMRequest, result: SchedulingResult) -> None:
-        if not result.endpoints or state.read(self._load_key) is not None:
-            return
-        target = result.endpoints[0].id
+    def amount(self, state: CycleState, request: LLMRequest, endpoint_id: str) -> int | None:
+        if state.read(self._load_key) is not None:
+            return None  # the producer counts this request
         info = state.read(self._match_key)
-        tokens = info.uncached_tokens(target) if info is not None else estimate_tokens(len(request.prompt))
-        self._ledger.charge(state, target, tokens)
-
-    def on_response_chunk(
-        self,
-        state: CycleState,
-        request: LLMRequest,
-        endpoint: Endpoint,
-        response: ResponseInfo,
-        new_tokens: int,
-    ) -> None:
-        if new_tokens > 0:
-            self._ledger.release(state)
-
-    def on_response_complete(
-        self, state: CycleState, request: LLMRequest, endpoint: Endpoint | None, response: ResponseInfo
-    ) -> None:
-        self._ledger.release(state)
+        return info.uncached_tokens(endpoint_id) if info is not None else estimate_tokens(len(request.prompt))
