@@ -147,6 +147,44 @@ def write_kubeconfig(control_plane: ControlPlane, path: Path, token: str, namesp
     return path
 
 
+EXEC_API_VERSION = "client.authentication.k8s.io/v1"
+
+
+def write_exec_kubeconfig(control_plane: ControlPlane, path: Path, token: str, namespace: str) -> Path:
+    """A kubeconfig against the control plane whose user is an `exec` credential plugin, as EKS, GKE and AKS
+    write them: a script that prints an ExecCredential with `token` (valid for an hour) and appends a line to
+    `exec_runs(path)` each time it runs."""
+    plugin = path.with_name(f"{path.stem}-credential-plugin")
+    plugin.write_text(
+        f"#!{sys.executable}\n"
+        "import datetime, json, pathlib\n"
+        f"with pathlib.Path({str(exec_runs(path))!r}).open('a') as runs:\n"
+        "    runs.write('run\\n')\n"
+        "expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)\n"
+        f"status = {{'token': {token!r}, 'expirationTimestamp': expiry.strftime('%Y-%m-%dT%H:%M:%SZ')}}\n"
+        f"print(json.dumps({{'apiVersion': {EXEC_API_VERSION!r}, 'kind': 'ExecCredential', 'status': status}}))\n"
+    )
+    plugin.chmod(0o700)
+    user = {"exec": {"apiVersion": EXEC_API_VERSION, "command": str(plugin), "interactiveMode": "Never"}}
+    cluster = {"server": control_plane.api_url, "certificate-authority": str(control_plane.ca_file)}
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "e2e",
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "e2e", "namespace": namespace}}],
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": "e2e", "user": user}],
+    }
+    path.write_text(yaml.safe_dump(document))
+    path.chmod(0o600)
+    return path
+
+
+def exec_runs(kubeconfig: Path) -> Path:
+    """Where the credential plugin of `write_exec_kubeconfig(path=kubeconfig)` counts its runs, a line each."""
+    return kubeconfig.with_name(f"{kubeconfig.stem}-credential-plugin.runs")
+
+
 def create_pod_serving_at(
     control_plane: ControlPlane, namespace: str, name: str, host: str, labels: dict[str, str]
 ) -> None:

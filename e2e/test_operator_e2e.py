@@ -32,6 +32,7 @@ from .helpers import (
     REPO,
     Processes,
     create_pod_serving_at,
+    exec_runs,
     free_port,
     http,
     in_ci,
@@ -40,6 +41,7 @@ from .helpers import (
     ok,
     port_free_on_all,
     wait_for,
+    write_exec_kubeconfig,
     write_kubeconfig,
 )
 
@@ -185,7 +187,9 @@ def test_01_chart_crds_rbac_and_operator(scenario: Scenario) -> None:
     # The operator's identity is the chart's: it may not read Secrets, it may read pods.
     assert s.cp.api("GET", f"/api/v1/namespaces/{NS}/secrets", token=token)[0] == 403
     assert s.cp.api("GET", f"/api/v1/namespaces/{NS}/pods", token=token)[0] == 200
-    kubeconfig = write_kubeconfig(s.cp, s.workdir / "operator.kubeconfig", token, OPERATOR_NS)
+    # An exec credential plugin, as on EKS, GKE and AKS: kopf and the operator's own client both log in with it.
+    kubeconfig = write_exec_kubeconfig(s.cp, s.workdir / "operator.kubeconfig", token, OPERATOR_NS)
+    s.values["operator_kubeconfig"] = kubeconfig
     operator = s.processes.start(
         "operator",
         *("operator", "run", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--router-image", ROUTER_IMAGE),
@@ -351,6 +355,9 @@ def test_02_pool_and_profile_render_the_children(scenario: Scenario) -> None:
     time.sleep(2.0)
     after = _versions(s)
     assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    # kopf's login and the operator's client each ran the exec plugin; its token lasts an hour, so no more.
+    runs = exec_runs(s.values["operator_kubeconfig"]).read_text().count("run")
+    assert runs == 2, runs
     s.note(f"6 children owned by the pool, Accepted+Ready, configHash {config_hash[:12]}, no-op reconcile ok")
 
 

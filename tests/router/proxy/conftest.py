@@ -1,7 +1,8 @@
 """Fixtures for the proxy tests: scriptable fake model servers and in-process proxies, all on 127.0.0.0/8.
 
-The in-process proxy is the same `ProxyServer` the `kvroute router` command runs; tests that need to look inside
-(plugin state, the recording hook) use it, the others start the real command (see the integration modules).
+The in-process proxy (`ProxyServer`) is a `RouterCore` with the same `ProxyDoor` the `kvroute router` command
+runs; tests that need to look inside (plugin state, the recording hook) use it, the others start the real command
+(see the integration modules).
 """
 
 from __future__ import annotations
@@ -27,14 +28,72 @@ import pytest
 from aiohttp import web
 
 from kvroute.router.config.builder import Registry
+from kvroute.router.config.reload import ConfigHolder
+from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.framework import Endpoint
-from kvroute.router.proxy.server import ProxyServer, ProxySettings
+from kvroute.router.observability import RouterMetrics
+from kvroute.router.proxy.server import ProxyDoor, ProxyDoorSettings
+from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
+from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
+from kvroute.router.runtime import CoreSettings, Router, RouterCore
 
 # Fake model servers on 127.0.3.x, proxies on 127.0.4.x: away from the simulators' 127.0.0.x.
 _FAKE_HOSTS = itertools.cycle(f"127.0.3.{i}" for i in range(1, 255))
 _PROXY_HOSTS = itertools.cycle(f"127.0.4.{i}" for i in range(1, 255))
 
 MODEL = "fake-model"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    config_path: str | None = None
+    scrape_interval: float | None = None  # None: the configuration's metrics.scrapeInterval
+    watch_interval: float = 1.0  # seconds between checks of config_path; 0 disables watching
+    shutdown_grace: float = 10.0
+    upstream_idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds of upstream silence before failing; 0: none
+
+
+class ProxyServer(Router):
+    """A proxy router process in-process: a core and its proxy door."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        registry: Registry,
+        settings: ProxySettings | None = None,
+        *,
+        config_text: str | None = None,
+    ) -> None:
+        settings = settings or ProxySettings()
+        core_settings = CoreSettings(
+            settings.max_body_bytes, settings.config_path, settings.scrape_interval, settings.watch_interval
+        )
+        core = RouterCore(endpoints, registry, core_settings, config_text=config_text)
+        door_settings = ProxyDoorSettings(
+            settings.host, settings.port, settings.shutdown_grace, settings.upstream_idle_timeout
+        )
+        self.door = ProxyDoor(core.director, door_settings, config_path=settings.config_path)
+        super().__init__(core, [self.door])
+
+    @property
+    def metrics(self) -> RouterMetrics:
+        return self.core.metrics
+
+    @property
+    def holder(self) -> ConfigHolder:
+        return self.core.holder
+
+    @property
+    def pool(self) -> EndpointPool:
+        return self.core.pool
+
+    @property
+    def base_url(self) -> str:
+        return self.door.base_url
+
 
 Script = Callable[[web.Request, "FakeServer"], Awaitable[web.StreamResponse]]
 

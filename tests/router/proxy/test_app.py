@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from kvroute.router.proxy.server import ProxyServer
+from .conftest import ProxyServer
 
 MODEL = "fake-model"
 CONFIG = """\

@@ -20,7 +20,8 @@ from kvroute.router.framework import Endpoint
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
-from kvroute.router.proxy.server import ProxyServer, ProxySettings
+
+from .conftest import ProxyServer, ProxySettings
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from kvroute.router.proxy.server import ProxyServer
 from kvroute.router.proxy.upstream import create_session
+
+from .conftest import ProxyServer
 
 CONFIG = """\
 apiVersion: kvroute.io/v1alpha1

@@ -17,7 +17,7 @@ from kvroute.router.framework import ApiKind, Endpoint, EndpointMetrics
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
 from kvroute.router.requestcontrol.body import RequestError
-from kvroute.router.requestcontrol.director import Director
+from kvroute.router.requestcontrol.director import Director, Started
 from kvroute.router.requestcontrol.handle import RequestHandle
 
 CONFIG = """\
@@ -156,13 +156,36 @@ def test_bad_requests_are_refused_before_scheduling_and_counted(
 
 
 def test_an_announced_oversized_body_is_refused_before_it_is_read(setup: Setup) -> None:
-    setup.director.check_length(ApiKind.CHAT, 4096)
+    setup.director.open(ApiKind.CHAT, 4096)
 
     with pytest.raises(RequestError) as caught:
-        setup.director.check_length(ApiKind.CHAT, 4097)
+        setup.director.open(ApiKind.CHAT, 4097)
 
     assert caught.value.status == 413
     assert setup.sample("kvroute_requests_total", api="chat", code="413") == 1
+
+
+def test_a_body_over_the_limit_is_refused_as_it_arrives(setup: Setup) -> None:
+    intake = setup.director.open(ApiKind.CHAT)
+    intake.add(b"x" * 4000)
+
+    with pytest.raises(RequestError) as caught:
+        intake.add(b"x" * 97)
+
+    assert caught.value.status == 413
+    assert setup.sample("kvroute_requests_total", api="chat", code="413") == 1
+
+
+def test_a_client_gone_is_recorded_as_499_and_completes_once(setup: Setup) -> None:
+    handle = setup.start(headers={"x-request-id": "gone"})
+
+    handle.on_disconnect()
+    handle.complete()
+
+    [completion] = setup.record.completed("gone")
+    assert (completion.error, completion.status) == ("client disconnected", 0)
+    assert setup.sample("kvroute_requests_total", api="completions", code="499") == 1
+    assert setup.sample("kvroute_requests_total", api="completions", code="200") == 0
 
 
 def test_complete_runs_the_hooks_once_however_often_it_is_called(setup: Setup) -> None:
@@ -348,7 +371,7 @@ def test_an_unreachable_endpoint_is_tried_again_after_the_cooldown(registry: Reg
     setup = Setup(registry)
     setup.director = Director(setup.holder, setup.pool, setup.metrics, unreachable_cooldown=0.0)
     a = setup.pool.snapshot()[0]
-    setup.director.mark_unreachable(a)
+    setup.director.ledger.mark_unreachable(a)
 
     handle = setup.start()
 
@@ -399,6 +422,11 @@ schedulingProfiles:
 """
 
 
+async def prepared(started: Started) -> RequestHandle:
+    assert not isinstance(started, RequestHandle), "a configuration with a preparer is prepared before scheduling"
+    return await started
+
+
 def prepared_setup(registry: Registry, fail: str = "", delay: float = 0.0) -> Setup:
     setup = Setup(registry)
     setup.holder.reload_text(PREPARED_CONFIG % {"fail": fail, "delay": delay})
@@ -406,8 +434,8 @@ def prepared_setup(registry: Registry, fail: str = "", delay: float = 0.0) -> Se
 
 
 def test_a_configuration_without_preparers_is_not_preparing(setup: Setup) -> None:
-    assert not setup.director.preparing
-    handle = setup.start()
+    handle = setup.director.start(ApiKind.COMPLETIONS, BODY, ())
+    assert isinstance(handle, RequestHandle)  # scheduled at once, nothing awaited
     assert handle.request.token_ids is None
     handle.complete()
 
@@ -416,8 +444,9 @@ async def test_preparers_run_between_admission_and_scheduling(registry: Registry
     setup = prepared_setup(registry)
     preparer = setup.holder.current.plugins["stub-preparer"]
 
-    assert setup.director.preparing
-    handle = await setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, {"x-request-id": "p-1"}.items())
+    started = setup.director.start(ApiKind.COMPLETIONS, BODY, {"x-request-id": "p-1"}.items())
+    assert not isinstance(started, RequestHandle)
+    handle = await started
 
     assert preparer.prepared == ["p-1"]  # type: ignore[attr-defined]
     assert handle.request.token_ids == [2, len("hello")]  # two candidates
@@ -431,7 +460,7 @@ async def test_a_bad_request_is_refused_before_preparation(registry: Registry) -
     setup = prepared_setup(registry)
 
     with pytest.raises(RequestError) as caught:
-        await setup.director.start_prepared(ApiKind.COMPLETIONS, b"{", ())
+        await prepared(setup.director.start(ApiKind.COMPLETIONS, b"{", ()))
 
     assert caught.value.status == 400
     assert setup.holder.current.plugins["stub-preparer"].prepared == []  # type: ignore[attr-defined]
@@ -442,7 +471,7 @@ async def test_a_bad_request_is_refused_before_preparation(registry: Registry) -
 async def test_a_failed_preparation_is_counted_and_the_request_scheduled_anyway(registry: Registry, fail: str) -> None:
     setup = prepared_setup(registry, fail=fail)
 
-    handle = await setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, ())
+    handle = await prepared(setup.director.start(ApiKind.COMPLETIONS, BODY, ()))
 
     assert handle.request.token_ids is None
     assert len(handle.endpoints) >= 1
@@ -453,7 +482,7 @@ async def test_a_failed_preparation_is_counted_and_the_request_scheduled_anyway(
 
 async def test_a_client_gone_during_preparation_is_recorded_as_499(registry: Registry) -> None:
     setup = prepared_setup(registry, delay=30.0)
-    task = asyncio.create_task(setup.director.start_prepared(ApiKind.COMPLETIONS, BODY, ()))
+    task = asyncio.create_task(prepared(setup.director.start(ApiKind.COMPLETIONS, BODY, ())))
     preparer = setup.holder.current.plugins["stub-preparer"]
     await asyncio.wait_for(preparer.entered.wait(), 10)  # type: ignore[attr-defined]
 
@@ -470,14 +499,14 @@ def test_with_fleet_sync_peers_count_the_requests_this_director_schedules(regist
 
     a, b = Setup(registry), Setup(registry)
     for side, name in ((a, "a"), (b, "b")):
-        side.director.fleet = FleetSync(name, lambda side=side: side.holder.current, side.pool.by_id)
-    assert a.director.fleet is not None and b.director.fleet is not None
+        side.director.ledger.fleet = FleetSync(name, lambda side=side: side.holder.current, side.pool.by_id)
+    assert a.director.ledger.fleet is not None and b.director.ledger.fleet is not None
     handle = a.start(headers={"x-request-id": "req-9"})
-    b.director.fleet.receive(a.director.fleet.take_batch(1.0) or b"", 1.0)
+    b.director.ledger.fleet.receive(a.director.ledger.fleet.take_batch(1.0) or b"", 1.0)
     scorer = b.holder.current.plugins["active-request-scorer"]
     assert isinstance(scorer, ActiveRequestScorer)
     assert scorer.in_flight(handle.endpoint.id) == 1
     handle.complete()
-    b.director.fleet.receive(a.director.fleet.take_batch(1.1) or b"", 1.1)
+    b.director.ledger.fleet.receive(a.director.ledger.fleet.take_batch(1.1) or b"", 1.1)
     assert scorer.in_flight(handle.endpoint.id) == 0
-    assert b.director.fleet.open_peer_requests == 0
+    assert b.director.ledger.fleet.open_peer_requests == 0

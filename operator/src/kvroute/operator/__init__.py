@@ -7,5 +7,6 @@ a ConfigMap, a ServiceAccount with a Role and RoleBinding, a Deployment and the 
 
 Layout: `main` registers the kopf handlers, `handlers/` are thin, `reconcile` decides and applies,
 `resources/` and `render` are pure functions from specs to manifests, `status` computes conditions, `kube` is
-the API client, `crdgen` generates the SchedulingProfile CRD from the router's configuration models.
+the API client (kubernetes_asyncio) and the credentials it shares with kopf, `crdgen` generates the
+SchedulingProfile CRD from the router's configuration models.
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from kvroute.operator.settings import (
@@ -126,8 +125,6 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.kubeconfig is not None:
-        os.environ["KUBECONFIG"] = settings.kubeconfig  # where the login (kopf's and the operator's) reads it
     from kvroute.operator.registry import RegistryNotFoundError, load_plugin_registry
 
     try:
@@ -148,7 +145,7 @@ async def serve(
     **context: Any,
 ) -> None:
     """Runs the operator until SIGINT/SIGTERM or `stop`; sets `ready` once it runs. `kopf_settings` are kopf's
-    (`kopf.OperatorSettings`), `context` goes to `OperatorContext` (e.g. a fixed `connection`)."""
+    (`kopf.OperatorSettings`), `context` goes to `OperatorContext` (e.g. fixed `credentials`)."""
     import kopf
     import prometheus_client
 

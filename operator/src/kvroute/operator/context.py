@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from kvroute.operator.kube import KubeApi
+from kvroute.operator.kube import Credentials, KubeApi, load_credentials
 from kvroute.operator.settings import OperatorSettings
 from kvroute.router.config.builder import Registry
 
@@ -52,7 +51,7 @@ class OperatorMetrics:
 class OperatorContext:
     settings: OperatorSettings
     registry: Registry
-    connection: kopf.ConnectionInfo | None = None  # fixed credentials; None: discover them (see `credentials`)
+    credentials: Credentials | None = None  # fixed credentials; None: load them at every login (see `login`)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     api: KubeApi = field(init=False)
     _locks: weakref.WeakValueDictionary[PoolKey, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
@@ -60,21 +59,14 @@ class OperatorContext:
     _profile_pools: dict[str, PoolKey] = field(default_factory=dict)  # profile uid -> pool it referred to
 
     def __post_init__(self) -> None:
-        self.api = KubeApi(self.credentials)
+        self.api = KubeApi(self.login)
 
-    def credentials(self) -> kopf.ConnectionInfo:
-        """The fixed connection; else the kubeconfig when one was given; else the pod's service account, else the
+    async def login(self) -> Credentials:
+        """The fixed credentials; else the kubeconfig when one was given; else the pod's service account, else the
         kubeconfig ($KUBECONFIG or ~/.kube/config). kopf and the operator's own client use the same credentials."""
-        if self.connection is not None:
-            return self.connection
-        settings = kopf.OperatorSettings()
-        if self.settings.kubeconfig is not None:
-            info = kopf.login_with_kubeconfig(settings=settings)
-        else:
-            info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-        if info is None:
-            raise kopf.LoginError("no credentials: neither an in-cluster service account nor a kubeconfig")
-        return info
+        if self.credentials is not None:
+            return self.credentials
+        return await load_credentials(self.settings.kubeconfig)
 
     def lock(self, key: PoolKey) -> asyncio.Lock:
         lock = self._locks.get(key)

@@ -1,7 +1,12 @@
-"""A small asynchronous Kubernetes API client for what the operator writes: get, list, server-side apply, status.
+"""The operator's own API calls (get, list, server-side apply, delete, status patch) on kubernetes_asyncio, and the
+credentials that kopf and these calls share.
 
-It authenticates with the same credentials kopf logs in with (`kopf.ConnectionInfo`), obtained from a `login`
-callable; on 401 it logs in again once and retries (tokens of service accounts rotate).
+`load_credentials()` has the library load them: the given kubeconfig; else, in a pod, the service account; else
+$KUBECONFIG or ~/.kube/config. A kubeconfig user may have a token, a client certificate or an `exec` credential
+plugin (what EKS, GKE and AKS kubeconfigs use), which runs at every login. kopf logs in with the same credentials
+(`Credentials.connection_info()`, returned by the operator's `kopf.on.login` handler), told when an exec
+credential expires so that it logs in again in time. `KubeApi` logs in again when the credential it holds has
+expired, and once on a 401 (service account tokens rotate), then retries.
 
 Writes are server-side applies under one field manager: the operator owns exactly the fields of the manifests it
 applies, `force` takes them back from whoever changed them, and fields it does not send are left to others.
@@ -9,17 +14,78 @@ applies, `force` takes them back from whoever changed them, and fields it does n
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import kopf
+from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
+from kubernetes_asyncio.config import ConfigException, load_kube_config
+from kubernetes_asyncio.config.incluster_config import (
+    SERVICE_CERT_FILENAME,
+    SERVICE_TOKEN_FILENAME,
+    InClusterConfigLoader,
+)
 
 from kvroute.operator.settings import FIELD_MANAGER
 
-Login = Callable[[], kopf.ConnectionInfo]
+AUTH = ["BearerToken"]  # the library's name for the Authorization header it fills in
+EXPIRY_MARGIN = datetime.timedelta(seconds=30)  # log in again this long before a credential expires
+
+
+@dataclass(frozen=True)
+class Credentials:
+    configuration: Configuration  # kubernetes_asyncio's: server, TLS, bearer token or client certificate
+    expiration: datetime.datetime | None = None  # of an exec plugin's credential (UTC)
+
+    def expired(self, now: datetime.datetime | None = None) -> bool:
+        if self.expiration is None:
+            return False
+        now = now or datetime.datetime.now(datetime.UTC)
+        return self.expiration.astimezone(datetime.UTC) - EXPIRY_MARGIN <= now
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """The same credentials for kopf (its own API client)."""
+        config = self.configuration
+        header = str(config.api_key.get("BearerToken") or "")
+        scheme, _, token = header.partition(" ") if " " in header else ("Bearer", "", header)
+        return kopf.ConnectionInfo(
+            server=str(config.host),
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            username=config.username or None,
+            password=config.password or None,
+            scheme=scheme if token else None,
+            token=token or None,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+            expiration=self.expiration,
+        )
+
+
+Login = Callable[[], Awaitable[Credentials]]
+
+
+async def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """`kubeconfig`; else the pod's service account; else $KUBECONFIG or ~/.kube/config."""
+    configuration = Configuration()
+    if kubeconfig is None:
+        try:
+            InClusterConfigLoader(SERVICE_TOKEN_FILENAME, SERVICE_CERT_FILENAME).load_and_set(configuration)
+        except ConfigException:
+            pass  # not in a pod
+        else:
+            return Credentials(configuration)
+    path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"  # the library expands `~`
+    try:
+        loader = await load_kube_config(config_file=path, client_configuration=configuration, persist_config=False)
+    except (ConfigException, OSError, AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise kopf.LoginError(f"no credentials from kubeconfig {path}: {exc or type(exc).__name__}") from None
+    return Credentials(configuration, getattr(loader, "exec_plugin_expiry", None))
 
 
 @dataclass(frozen=True)
@@ -71,25 +137,23 @@ class KubeApi:
     def __init__(self, login: Login, *, timeout: float = 30.0) -> None:
         self._login = login
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
-        self._server = ""
+        self._client: ApiClient | None = None
+        self._credentials: Credentials | None = None
 
-    def _connect(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            info = self._login()
-            self._server = info.server.rstrip("/")
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
-                headers={**info.as_http_headers(), "User-Agent": FIELD_MANAGER},
-                timeout=self._timeout,
-                trust_env=info.trust_env,
-            )
-        return self._session
+    async def _connect(self) -> ApiClient:
+        if self._credentials is not None and self._credentials.expired():
+            await self.close()
+        if self._client is None:
+            self._credentials = await self._login()
+            self._client = ApiClient(self._credentials.configuration)
+            self._client.user_agent = FIELD_MANAGER
+        return self._client
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
+        self._credentials = None
 
     async def _request(
         self,
@@ -98,23 +162,27 @@ class KubeApi:
         *,
         body: Any = None,
         params: Mapping[str, str] | None = None,
-        content_type: str = "",
+        content_type: str = "application/json",
     ) -> Any:
         for attempt in (1, 2):
-            session = self._connect()
-            headers = {"Content-Type": content_type} if content_type else {}
-            data = json.dumps(body) if body is not None else None
+            client = await self._connect()
             try:
-                async with session.request(
-                    method, self._server + path, data=data, params=params, headers=headers
-                ) as response:
-                    text = await response.text()
-                    if response.status == 401 and attempt == 1:
-                        await self.close()  # log in again with fresh credentials
-                        continue
-                    if response.status >= 400:
-                        raise ApiError(response.status, _message(text))
-                    return json.loads(text) if text else None
+                return await client.call_api(
+                    path,
+                    method,
+                    query_params=list((params or {}).items()),
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
+                    body=body,
+                    response_types_map={200: "object", 201: "object"},
+                    auth_settings=AUTH,
+                    _return_http_data_only=True,
+                    _request_timeout=self._timeout,
+                )
+            except ApiException as exc:
+                if exc.status == 401 and attempt == 1:
+                    await self.close()  # log in again with fresh credentials
+                    continue
+                raise ApiError(exc.status, _message(str(exc.body or exc.reason))) from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ApiError(503, f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover

@@ -35,8 +35,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 @kopf.on.login(id="login")
-def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
-    return _context(memo).credentials()
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    return (await _context(memo).login()).connection_info()
 
 
 @kopf.on.cleanup(id="close")

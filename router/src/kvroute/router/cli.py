@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,10 +33,9 @@ from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 
 if TYPE_CHECKING:
-    from kvroute.router.datalayer.kubernetes.peers import PeerPods
-    from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
-    from kvroute.router.fleet.transport import FleetSettings
-    from kvroute.router.runtime import FrontDoor, RouterCore
+    from kvroute.router.extproc.server import ExtProcSettings
+    from kvroute.router.proxy.server import ProxyDoorSettings
+    from kvroute.router.runtime.build import FleetOptions, KubernetesSettings, RouterSettings
 
 MODES = ("proxy", "ext-proc", "both")
 RESPONSE_MODES = ("full", "light")
@@ -234,109 +231,93 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    if args.cert_path is not None and not args.secure_serving:
-        parser.error("--cert-path needs --secure-serving=true")
-    if args.gie_conformance and args.mode == "proxy":
-        parser.error("--gie-conformance needs --mode ext-proc or both (the conformance suite drives a gateway)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args, parser)
     # Imported here so that `kvroute router --help` stays fast.
     import prometheus_client
 
     from kvroute.router.config.errors import ConfigError
-    from kvroute.router.datalayer.static_discovery import parse_endpoints
-    from kvroute.router.plugins.registry import REGISTRY
-    from kvroute.router.runtime import CoreSettings, Router, RouterCore
+    from kvroute.router.datalayer.kubernetes import ConfigMapError, KubeConfigError
+    from kvroute.router.runtime import serve
+    from kvroute.router.runtime.build import build_router
 
-    kubernetes = _kubernetes_source(args, parser)
-    endpoints = []
-    if kubernetes is None:
-        try:
-            endpoints = parse_endpoints(args.endpoints)
-        except ValueError as exc:
-            parser.error(str(exc))
-    text = kubernetes.config_text if kubernetes is not None else None
+    try:
+        router = build_router(settings)
+    except ConfigError as exc:
+        print(f"kvroute router: the configuration is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    except ConfigMapError as exc:
+        print(f"kvroute router: {exc}", file=sys.stderr)
+        return 2
+    except (KubeConfigError, ValueError) as exc:
+        parser.error(str(exc))
+    # No `_created` series: one per labelled child would double the size of /metrics for nothing.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(router))
+    else:
+        uvloop.run(serve(router))
+    return 0
+
+
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RouterSettings:
+    """The flags as `RouterSettings`; wrong combinations fail here, naming the flags."""
+    from kvroute.router.runtime.build import RouterSettings
+
+    if args.cert_path is not None and not args.secure_serving:
+        parser.error("--cert-path needs --secure-serving=true")
+    if args.gie_conformance and args.mode == "proxy":
+        parser.error("--gie-conformance needs --mode ext-proc or both (the conformance suite drives a gateway)")
+    kubernetes = _kubernetes(args, parser)
+    text = None
     if args.config is not None:
         try:
             text = Path(args.config).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
-    settings = CoreSettings(
-        max_body_bytes=args.max_body_bytes,
+    return RouterSettings(
+        endpoints=args.endpoints if kubernetes is None else None,
+        kubernetes=kubernetes,
+        config_text=text,
         config_path=args.config,
+        max_body_bytes=args.max_body_bytes,
         scrape_interval=args.scrape_interval,
-        fleet=_fleet_settings(args, parser, kubernetes),
+        proxy=_proxy(args),
+        extproc=_extproc(args),
+        fleet=_fleet(args, parser, kubernetes is not None),
     )
-    try:
-        core = RouterCore(endpoints, REGISTRY, settings, config_text=text)
-        server = Router(core, _front_doors(args, core))
-    except ConfigError as exc:
-        print(f"kvroute router: the configuration is invalid:\n{exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        parser.error(str(exc))
-    # No `_created` series: one per labelled child would double the size of /metrics for nothing.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    discovery = kubernetes.discovery(core.pool, core.holder, core.metrics) if kubernetes is not None else None
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(server, discovery))
-    else:
-        uvloop.run(_serve(server, discovery))
-    return 0
 
 
-async def _serve(server: Any, discovery: Any = None) -> None:
-    """Runs until SIGINT or SIGTERM, then shuts down gracefully. Discovery starts first, so that the pool is filled
-    when serving begins, and stops last."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if discovery is not None:
-        await discovery.start()
-    try:
-        await server.start()
-        # Everything allocated so far lives as long as the process: keep the cyclic collector from scanning it
-        # again and again while requests allocate.
-        gc.freeze()
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-    finally:
-        if discovery is not None:
-            await discovery.stop()
+def _proxy(args: argparse.Namespace) -> ProxyDoorSettings | None:
+    if args.mode not in ("proxy", "both"):
+        return None
+    from kvroute.router.proxy.server import ProxyDoorSettings
+
+    return ProxyDoorSettings(host=args.host, port=args.port, upstream_idle_timeout=args.upstream_idle_timeout)
 
 
-def _front_doors(args: argparse.Namespace, core: RouterCore) -> list[FrontDoor]:
-    doors: list[FrontDoor] = []
-    if args.mode in ("proxy", "both"):
-        from kvroute.router.proxy.server import ProxyDoor
+def _extproc(args: argparse.Namespace) -> ExtProcSettings | None:
+    if args.mode not in ("ext-proc", "both"):
+        return None
+    from kvroute.router.extproc.processor import ResponseMode
+    from kvroute.router.extproc.server import ExtProcSettings
 
-        doors.append(ProxyDoor(core, args.host, args.port, upstream_idle_timeout=args.upstream_idle_timeout))
-    if args.mode in ("ext-proc", "both"):
-        from kvroute.router.extproc.processor import ResponseMode
-        from kvroute.router.extproc.server import ExtProcDoor, ExtProcSettings
-
-        settings = ExtProcSettings(
-            host=args.host,
-            port=args.grpc_port,
-            health_port=args.grpc_health_port,
-            metrics_port=args.metrics_port,
-            secure_serving=args.secure_serving,
-            cert_path=args.cert_path,
-            response_mode=ResponseMode(args.response_mode),
-            max_destinations=args.max_destinations,
-            gie_conformance=args.gie_conformance,
-        )
-        doors.append(ExtProcDoor(core, settings))
-    return doors
+    return ExtProcSettings(
+        host=args.host,
+        port=args.grpc_port,
+        health_port=args.grpc_health_port,
+        metrics_port=args.metrics_port,
+        secure_serving=args.secure_serving,
+        cert_path=args.cert_path,
+        response_mode=ResponseMode(args.response_mode),
+        max_destinations=args.max_destinations,
+        gie_conformance=args.gie_conformance,
+    )
 
 
-def _fleet_settings(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, kubernetes: KubernetesSource | None
-) -> FleetSettings | None:
+def _fleet(args: argparse.Namespace, parser: argparse.ArgumentParser, kubernetes: bool) -> FleetOptions | None:
     """Checks the fleet sync flags; None when sync is off (no peers given)."""
     tuning = ("--fleet-port", "--fleet-sync-interval", "--fleet-peer-timeout", "--replica-id")
     if args.fleet_peers is None and args.fleet_peer_selector is None:
@@ -346,6 +327,8 @@ def _fleet_settings(
         return None
     if args.fleet_peers is not None and args.fleet_peer_selector is not None:
         parser.error("give either --fleet-peers or --fleet-peer-selector, not both")
+    if args.fleet_peer_selector is not None and not kubernetes:
+        parser.error("--fleet-peer-selector needs Kubernetes discovery (--discovery kubernetes --pool-name NAME)")
     port = DEFAULT_FLEET_PORT if args.fleet_port is None else args.fleet_port
     used: list[tuple[str, int]] = []
     if args.mode in ("proxy", "both"):
@@ -356,51 +339,21 @@ def _fleet_settings(
     for flag, value in used:
         if value == port != 0:
             parser.error(f"--fleet-port {port} is also the {flag}")
-    from kvroute.router.fleet.peers import PeerSource, StaticPeers, default_replica_id, parse_peers
-    from kvroute.router.fleet.transport import FleetSettings
+    from kvroute.router.runtime.build import FleetOptions
 
-    peers: PeerSource
-    try:
-        if args.fleet_peers is not None:
-            peers = StaticPeers(parse_peers(args.fleet_peers))
-        else:
-            peers = _peer_pods(args.fleet_peer_selector, port, kubernetes, parser)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return FleetSettings(
-        replica_id=args.replica_id or default_replica_id(),
-        peers=peers,
+    return FleetOptions(
+        peers=args.fleet_peers,
+        peer_selector=args.fleet_peer_selector,
         host=args.host,
         port=port,
         interval=DEFAULT_SYNC_INTERVAL if args.fleet_sync_interval is None else args.fleet_sync_interval,
         peer_timeout=args.fleet_peer_timeout or DEFAULT_PEER_TIMEOUT,
+        replica_id=args.replica_id,
     )
 
 
-def _peer_pods(
-    selector: str, port: int, kubernetes: KubernetesSource | None, parser: argparse.ArgumentParser
-) -> PeerPods:
-    """The peers of `--fleet-peer-selector`: pods in the pool's namespace, through the same API server."""
-    if kubernetes is None:
-        parser.error("--fleet-peer-selector needs Kubernetes discovery (--discovery kubernetes --pool-name NAME)")
-    from kvroute.router.datalayer.kubernetes import KubeClient
-    from kvroute.router.datalayer.kubernetes.peers import PeerPods
-    from kvroute.router.fleet.peers import own_pod, parse_selector
-
-    name, ip = own_pod()
-    return PeerPods(
-        KubeClient(kubernetes.cluster),
-        namespace=kubernetes.namespace,
-        selector=parse_selector(selector),
-        port=port,
-        own_name=name,
-        own_ip=ip,
-    )
-
-
-def _kubernetes_source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> KubernetesSource | None:
-    """Checks the discovery flags; for Kubernetes discovery, resolves the API server and namespace and reads the
-    configuration ConfigMap (a `KubernetesSource`). None for static discovery."""
+def _kubernetes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> KubernetesSettings | None:
+    """Checks the discovery flags; the Kubernetes discovery asked for, None for static discovery."""
     discovery = args.discovery or ("kubernetes" if args.pool_name and not args.endpoints else "static")
     kubernetes_only = ("--pool-name", "--pool-namespace", "--config-configmap", "--kubeconfig")
     if discovery == "static":
@@ -416,18 +369,11 @@ def _kubernetes_source(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error("--discovery kubernetes needs --pool-name")
     if args.config and args.config_configmap:
         parser.error("give either --config or --config-configmap, not both")
-    from kvroute.router.datalayer.kubernetes import ConfigMapError, KubeConfigError
-    from kvroute.router.datalayer.kubernetes.startup import connect
+    from kvroute.router.runtime.build import KubernetesSettings
 
-    try:
-        return connect(
-            pool_name=args.pool_name,
-            kubeconfig=args.kubeconfig,
-            namespace=args.pool_namespace,
-            config_map=args.config_configmap,
-        )
-    except KubeConfigError as exc:
-        parser.error(str(exc))
-    except ConfigMapError as exc:
-        print(f"kvroute router: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return KubernetesSettings(
+        pool_name=args.pool_name,
+        namespace=args.pool_namespace,
+        kubeconfig=args.kubeconfig,
+        config_map=args.config_configmap,
+    )

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from kubernetes_asyncio.client import Configuration
 
-from kvroute.router.datalayer.kubernetes.client import KubeClient
-from kvroute.router.datalayer.kubernetes.kubeconfig import ClusterConfig
+from kvroute.router.datalayer.kubernetes.api import KubeClient
+from kvroute.router.datalayer.kubernetes.credentials import Cluster
 
 Object = dict[str, Any]
 _DROP = object()
@@ -85,8 +86,11 @@ class FakeApiServer:
     def url(self) -> str:
         return str(self.server.make_url("")).rstrip("/")
 
-    def client(self, **overrides: Any) -> KubeClient:
-        return KubeClient(ClusterConfig(server=self.url, ssl_context=None, **overrides))
+    def client(self, token: str | None = None) -> KubeClient:
+        configuration = Configuration(host=self.url)
+        if token is not None:
+            configuration.api_key["BearerToken"] = f"Bearer {token}"
+        return KubeClient(Cluster(configuration))
 
     # Changing the collections.
 
@@ -267,12 +271,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-async def tls_api(certs: Path) -> AsyncIterator[FakeApiServer]:
-    """The fake API server over TLS, demanding a client certificate signed by the test CA."""
+async def _tls_server(certs: Path, client_certificate: bool) -> AsyncIterator[FakeApiServer]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs / "ca.crt"))
     context.load_cert_chain(str(certs / "server.crt"), str(certs / "server.key"))
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_REQUIRED if client_certificate else ssl.CERT_NONE
     server = FakeApiServer()
     await server.server.start_server(ssl=context)
     try:
@@ -280,6 +282,20 @@ async def tls_api(certs: Path) -> AsyncIterator[FakeApiServer]:
     finally:
         server.drop_watches()
         await server.server.close()
+
+
+@pytest.fixture
+async def tls_api(certs: Path) -> AsyncIterator[FakeApiServer]:
+    """The fake API server over TLS, demanding a client certificate signed by the test CA."""
+    async for server in _tls_server(certs, client_certificate=True):
+        yield server
+
+
+@pytest.fixture
+async def https_api(certs: Path) -> AsyncIterator[FakeApiServer]:
+    """The fake API server over TLS, without client certificates (for bearer tokens)."""
+    async for server in _tls_server(certs, client_certificate=False):
+        yield server
 
 
 def _pod(

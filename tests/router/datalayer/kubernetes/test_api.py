@@ -1,15 +1,13 @@
-"""The API client against the fake API server: list pages, errors, watch events, tokens."""
+"""The API adapter (kubernetes_asyncio underneath) against the fake API server: list pages, errors, watch events,
+tokens."""
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kvroute.router.datalayer.kubernetes import client as client_module
-from kvroute.router.datalayer.kubernetes.client import ApiError, collection_path
+from kvroute.router.datalayer.kubernetes.api import ApiError, collection_path
 
 PODS = "/api/v1/namespaces/ns/pods"
 
@@ -101,25 +99,6 @@ async def test_events_larger_than_aiohttps_line_limit_arrive_whole(api: Any, mak
     assert len(event.object["metadata"]["annotations"]["blob"]) == 300_000
 
 
-async def test_the_bearer_token_is_sent_and_a_token_file_is_re_read(
-    api: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    api.put(PODS, {"metadata": {"name": "p"}})
-    api.token = "first"
-    token_file = tmp_path / "token"
-    token_file.write_text("first\n")
-    monkeypatch.setattr(client_module, "TOKEN_REFRESH_SECONDS", 0.0)
-
-    async with api.client(token_file=token_file) as client:
-        await client.list(PODS)
-        token_file.write_text("second\n")
-        api.token = "second"
-        await asyncio.sleep(0.01)
-        await client.list(PODS)
-
-    assert [r.authorization for r in api.requests] == ["Bearer first", "Bearer second"]
-
-
 async def test_a_wrong_token_is_refused(api: Any) -> None:
     api.token = "right"
 
@@ -128,3 +107,5 @@ async def test_a_wrong_token_is_refused(api: Any) -> None:
             await client.list(PODS)
 
     assert caught.value.status == 401
+    assert "no valid bearer token" in str(caught.value)
+    assert [r.authorization for r in api.requests] == ["Bearer wrong"]

@@ -1,23 +1,31 @@
-"""Finding the API server and credentials: in-cluster service account, or a kubeconfig (token or client cert)."""
+"""Finding the API server and credentials: in-cluster service account, or a kubeconfig (token, client certificate
+or an exec credential plugin)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import ssl
+import datetime
+import stat
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
+from kubernetes_asyncio.config import incluster_config
 
-from kvroute.router.datalayer.kubernetes.client import KubeClient
-from kvroute.router.datalayer.kubernetes.kubeconfig import (
+from kvroute.router.datalayer.kubernetes.api import KubeClient
+from kvroute.router.datalayer.kubernetes.credentials import (
     KubeConfigError,
     in_cluster_config,
     load_kubeconfig,
     service_account_namespace,
 )
+
+PODS = "/api/v1/namespaces/ns/pods"
 
 
 def write_kubeconfig(path: Path, cluster: dict[str, Any], user: dict[str, Any], namespace: str | None = None) -> Path:
@@ -39,11 +47,36 @@ def write_kubeconfig(path: Path, cluster: dict[str, Any], user: dict[str, Any], 
     return path
 
 
+def exec_plugin(directory: Path, *, expires_in: float = 3600, fail: bool = False) -> dict[str, Any]:
+    """The `exec` section of a kubeconfig user whose plugin prints token `exec-N` at its Nth run (counted in
+    `directory/runs`), expiring `expires_in` seconds later; or fails, as an identity provider that refuses."""
+    script = directory / "credential-plugin"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import datetime, json, pathlib, sys
+            runs = pathlib.Path({str(directory / "runs")!r})
+            n = int(runs.read_text()) + 1 if runs.exists() else 1
+            runs.write_text(str(n))
+            if {fail!r}:
+                sys.exit("the identity provider said no")
+            expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds={expires_in!r})
+            status = {{"token": f"exec-{{n}}", "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+            kind = {{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential"}}
+            print(json.dumps({{**kind, "status": status}}))
+            """
+        )
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return {"apiVersion": "client.authentication.k8s.io/v1", "command": str(script), "interactiveMode": "Never"}
+
+
 @pytest.fixture
 def service_account(tmp_path: Path, certs: Path) -> Path:
     directory = tmp_path / "serviceaccount"
     directory.mkdir()
-    (directory / "token").write_text("sa-token\n")
+    (directory / "token").write_text("sa-token")
     (directory / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
     (directory / "namespace").write_text("team-a")
     return directory
@@ -52,13 +85,13 @@ def service_account(tmp_path: Path, certs: Path) -> Path:
 def test_in_cluster_config_uses_the_service_environment_and_account(service_account: Path) -> None:
     environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
-    config = in_cluster_config(environ, service_account)
+    cluster = in_cluster_config(environ, service_account)
 
-    assert config.server == "https://10.96.0.1:443"
-    assert config.token_file == service_account / "token"
-    assert config.namespace == "team-a"
-    assert isinstance(config.ssl_context, ssl.SSLContext)
-    assert config.ssl_context.verify_mode == ssl.CERT_REQUIRED
+    assert cluster.server == "https://10.96.0.1:443"
+    assert cluster.namespace == "team-a"
+    assert cluster.configuration.ssl_ca_cert == str(service_account / "ca.crt")
+    assert cluster.configuration.verify_ssl
+    assert cluster.configuration.api_key["BearerToken"] == "Bearer sa-token"
 
 
 def test_in_cluster_config_brackets_an_ipv6_service_host(service_account: Path) -> None:
@@ -75,7 +108,26 @@ def test_outside_a_pod_the_error_says_to_pass_a_kubeconfig(tmp_path: Path) -> No
     assert service_account_namespace(tmp_path) is None
 
 
-def test_kubeconfig_with_token_ca_data_and_namespace(tmp_path: Path, certs: Path) -> None:
+async def test_the_service_account_token_is_re_read_as_the_kubelet_rotates_it(
+    https_api: Any, service_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    https_api.put(PODS, {"metadata": {"name": "p"}})
+    host, port = https_api.url.removeprefix("https://").split(":")
+    environ = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    monkeypatch.setattr(incluster_config, "TOKEN_REFRESH_PERIOD", datetime.timedelta(0))
+    (service_account / "token").write_text("first")
+    https_api.token = "first"
+
+    async with KubeClient(in_cluster_config(environ, service_account)) as client:
+        await client.list(PODS)
+        (service_account / "token").write_text("second")
+        https_api.token = "second"
+        await client.list(PODS)
+
+    assert [r.authorization for r in https_api.requests] == ["Bearer first", "Bearer second"]
+
+
+async def test_kubeconfig_with_token_ca_data_and_namespace(tmp_path: Path, certs: Path) -> None:
     ca_data = base64.b64encode((certs / "ca.crt").read_bytes()).decode()
     path = write_kubeconfig(
         tmp_path / "config",
@@ -84,18 +136,16 @@ def test_kubeconfig_with_token_ca_data_and_namespace(tmp_path: Path, certs: Path
         namespace="team-b",
     )
 
-    config = load_kubeconfig(path)
+    cluster = await load_kubeconfig(path)
 
-    assert (config.server, config.token, config.token_file, config.namespace) == (
-        "https://127.0.0.1:6443",
-        "abc",
-        None,
-        "team-b",
-    )
-    assert config.ssl_context is not None and config.ssl_context.check_hostname
+    assert (cluster.server, cluster.namespace) == ("https://127.0.0.1:6443", "team-b")
+    assert cluster.configuration.api_key["BearerToken"] == "Bearer abc"
+    assert cluster.configuration.verify_ssl
+    ca = await asyncio.to_thread(Path(cluster.configuration.ssl_ca_cert).read_bytes)
+    assert ca == (certs / "ca.crt").read_bytes()
 
 
-def test_kubeconfig_relative_files_are_relative_to_the_kubeconfig(tmp_path: Path, certs: Path) -> None:
+async def test_kubeconfig_relative_files_are_relative_to_the_kubeconfig(tmp_path: Path, certs: Path) -> None:
     (tmp_path / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
     (tmp_path / "token").write_text("from-file")
     path = write_kubeconfig(
@@ -104,55 +154,55 @@ def test_kubeconfig_relative_files_are_relative_to_the_kubeconfig(tmp_path: Path
         {"tokenFile": "token"},
     )
 
-    assert load_kubeconfig(path).token_file == tmp_path / "token"
+    cluster = await load_kubeconfig(path)
+
+    assert cluster.configuration.api_key["BearerToken"] == "Bearer from-file"
+    assert cluster.configuration.ssl_ca_cert == str(tmp_path / "ca.crt")
 
 
-def test_insecure_skip_tls_verify_turns_verification_off(tmp_path: Path) -> None:
+async def test_insecure_skip_tls_verify_turns_verification_off(tmp_path: Path) -> None:
     path = write_kubeconfig(
         tmp_path / "config", {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}, {"token": "t"}
     )
 
-    context = load_kubeconfig(path).ssl_context
-    assert context is not None and context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+    assert not (await load_kubeconfig(path)).configuration.verify_ssl
 
 
 @pytest.mark.parametrize(
     ("cluster", "user", "message"),
     [
-        ({"server": "https://127.0.0.1:6443"}, {"exec": {"command": "aws"}}, "user field 'exec' is not supported"),
-        ({"server": "https://127.0.0.1:6443"}, {"username": "u", "password": "p"}, "'username' is not supported"),
         ({"server": "ftp://x"}, {}, "is not an http(s) URL"),
-        ({}, {}, "cluster 'server' is missing"),
-        ({"server": "https://x", "certificate-authority-data": "%%%"}, {}, "certificate-authority-data is not valid"),
-        ({"server": "https://x", "certificate-authority": "/nonexistent/ca"}, {}, "cannot read certificate-authority"),
-        ({"server": "https://x"}, {"client-certificate-data": "QQ=="}, "must be given together"),
+        ({}, {}, "cluster is missing or empty"),
+        ({"server": "https://x", "certificate-authority-data": "%%%"}, {}, "the certificate authority"),
+        ({"server": "https://x", "certificate-authority": "/nonexistent/ca"}, {}, "/nonexistent/ca"),
+        ({"server": "https://x"}, {"client-certificate-data": "QQ=="}, "client certificate"),
     ],
 )
-def test_kubeconfig_errors_name_the_file_and_field(
+async def test_kubeconfig_errors_name_the_file_and_field(
     tmp_path: Path, cluster: dict[str, Any], user: dict[str, Any], message: str
 ) -> None:
     path = write_kubeconfig(tmp_path / "config", cluster, user)
 
     with pytest.raises(KubeConfigError) as caught:
-        load_kubeconfig(path)
+        await load_kubeconfig(path)
 
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
 
 
-def test_a_missing_context_or_file_is_an_error(tmp_path: Path) -> None:
+async def test_a_missing_context_or_file_is_an_error(tmp_path: Path) -> None:
     path = write_kubeconfig(tmp_path / "config", {"server": "http://127.0.0.1:1"}, {})
 
-    with pytest.raises(KubeConfigError, match="no context named 'absent'"):
-        load_kubeconfig(path, "absent")
-    with pytest.raises(KubeConfigError, match="cannot read kubeconfig"):
-        load_kubeconfig(tmp_path / "missing")
+    with pytest.raises(KubeConfigError, match="name absent"):
+        await load_kubeconfig(path, "absent")
+    with pytest.raises(KubeConfigError, match=r"cannot read kubeconfig \S*missing: no such file"):
+        await load_kubeconfig(tmp_path / "missing")
 
 
 async def test_client_certificate_auth_against_a_tls_server(tmp_path: Path, certs: Path, tls_api: Any) -> None:
     """The fake API server demands a client certificate; the kubeconfig's embedded cert and key get the list
     through, and the server's certificate is checked against the kubeconfig's CA."""
-    tls_api.put("/api/v1/namespaces/ns/pods", {"metadata": {"name": "p"}})
+    tls_api.put(PODS, {"metadata": {"name": "p"}})
 
     def data(name: str) -> str:
         return base64.b64encode((certs / name).read_bytes()).decode()
@@ -162,8 +212,8 @@ async def test_client_certificate_auth_against_a_tls_server(tmp_path: Path, cert
         {"server": tls_api.url, "certificate-authority-data": data("ca.crt")},
         {"client-certificate-data": data("client.crt"), "client-key-data": data("client.key")},
     )
-    async with KubeClient(load_kubeconfig(path)) as client:
-        items, _ = await client.list("/api/v1/namespaces/ns/pods")
+    async with KubeClient(await load_kubeconfig(path)) as client:
+        items, _ = await client.list(PODS)
 
     assert [item["metadata"]["name"] for item in items] == ["p"]
     assert tls_api.url.startswith("https://127.0.0.1:")
@@ -171,6 +221,42 @@ async def test_client_certificate_auth_against_a_tls_server(tmp_path: Path, cert
     without_cert = write_kubeconfig(
         tmp_path / "anonymous", {"server": tls_api.url, "certificate-authority-data": data("ca.crt")}, {}
     )
-    async with KubeClient(load_kubeconfig(without_cert)) as client:
+    async with KubeClient(await load_kubeconfig(without_cert)) as client:
         with pytest.raises(aiohttp.ClientError):
-            await client.list("/api/v1/namespaces/ns/pods")
+            await client.list(PODS)
+
+
+async def test_an_exec_plugin_supplies_the_token_and_runs_again_once_it_expired(
+    tmp_path: Path, certs: Path, https_api: Any
+) -> None:
+    https_api.put(PODS, {"metadata": {"name": "p"}})
+    cluster = {"server": https_api.url, "certificate-authority": str(certs / "ca.crt")}
+    lasting = write_kubeconfig(tmp_path / "lasting", cluster, {"exec": exec_plugin(tmp_path, expires_in=3600)})
+
+    https_api.token = "exec-1"
+    async with KubeClient(await load_kubeconfig(lasting)) as client:
+        await client.list(PODS)
+        await client.list(PODS)
+    assert (tmp_path / "runs").read_text() == "1"  # the credential is reused until it expires
+
+    # A credential that expires at once: the library runs the plugin again before the next request.
+    (tmp_path / "runs").unlink()
+    expiring = write_kubeconfig(tmp_path / "expiring", cluster, {"exec": exec_plugin(tmp_path, expires_in=0)})
+    async with KubeClient(await load_kubeconfig(expiring)) as client:
+        https_api.token = "exec-2"
+        items, _ = await client.list(PODS)
+
+    assert [item["metadata"]["name"] for item in items] == ["p"]
+    assert [r.authorization for r in https_api.requests] == ["Bearer exec-1", "Bearer exec-1", "Bearer exec-2"]
+
+
+async def test_a_failing_exec_plugin_is_a_clear_error(tmp_path: Path, certs: Path, https_api: Any) -> None:
+    cluster = {"server": https_api.url, "certificate-authority": str(certs / "ca.crt")}
+    path = write_kubeconfig(tmp_path / "config", cluster, {"exec": exec_plugin(tmp_path, fail=True)})
+
+    with pytest.raises(KubeConfigError) as caught:
+        await load_kubeconfig(path)
+
+    assert str(path) in str(caught.value)
+    assert "the identity provider said no" in str(caught.value)
+    assert not https_api.requests

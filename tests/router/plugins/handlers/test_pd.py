@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from kvroute.router.framework import (
     ApiKind,
     CycleState,
+    DisaggregationPlan,
     Endpoint,
     Filter,
     LLMRequest,
@@ -16,13 +17,7 @@ from kvroute.router.framework import (
     ScoredEndpoint,
 )
 from kvroute.router.framework.plugins import NoEndpointsError, NoParams
-from kvroute.router.plugins.handlers.pd import (
-    DISAGGREGATION,
-    PREFILLER_HEADER,
-    DisaggregationPlan,
-    PDProfileHandler,
-    host_port,
-)
+from kvroute.router.plugins.handlers.pd import PDProfileHandler
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
 from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
 from kvroute.router.scheduling import Scheduler
@@ -89,8 +84,9 @@ def test_threshold_zero_always_disaggregates() -> None:
     )
     assert result.primary_profile == "decode"
     assert result.endpoints == (DECODE,)
-    assert result.headers == {PREFILLER_HEADER: "10.0.0.2:8001"}
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("prefill-first", DECODE, PREFILL, None)
+    assert result.headers == {}
+    assert result.disaggregation == DisaggregationPlan("prefill-first", DECODE, PREFILL, None)
+    assert result.disaggregation.prefill_host_port == "10.0.0.2:8001"
 
 
 @pytest.mark.parametrize(
@@ -109,24 +105,22 @@ def test_prefill_runs_when_uncached_tokens_reach_the_threshold(
     assert decide(handler(threshold=threshold), with_match(matched)) == profiles
 
 
-def test_decode_only_has_no_header_and_no_plan() -> None:
+def test_decode_only_has_no_plan() -> None:
     state = with_match(13)
     result = handler(threshold=100).process_results(state, request(), {"decode": ProfileResult((DECODE,))})
-    assert (result.primary_profile, result.endpoints, result.headers) == ("decode", (DECODE,), {})
-    assert state.read(DISAGGREGATION) is None
+    assert (result.primary_profile, result.endpoints, result.disaggregation) == ("decode", (DECODE,), None)
 
 
 def test_an_empty_prefill_profile_falls_back_to_decode_only() -> None:
     state = CycleState()
     results = {"decode": ProfileResult((DECODE,)), "prefill": ProfileResult(())}
     result = handler().process_results(state, request(), results)
-    assert (result.endpoints, result.headers) == ((DECODE,), {})
-    assert state.read(DISAGGREGATION) is None
+    assert (result.endpoints, result.disaggregation) == ((DECODE,), None)
 
 
 def test_prefill_on_the_decode_endpoint_itself_is_decode_only() -> None:
     results = {"decode": ProfileResult((DECODE,)), "prefill": ProfileResult((DECODE,))}
-    assert handler().process_results(CycleState(), request(), results).headers == {}
+    assert handler().process_results(CycleState(), request(), results).disaggregation is None
 
 
 def test_no_prefill_profile_configured_means_decode_only() -> None:
@@ -150,19 +144,15 @@ def test_missing_decode_profile_is_a_configuration_error() -> None:
 
 def test_decode_first_carries_the_cache_hit_threshold() -> None:
     results = {"decode": ProfileResult((DECODE,)), "prefill": ProfileResult((PREFILL,))}
-    state = CycleState()
-    result = handler(mode="decode-first").process_results(state, request(), results)
-    assert result.headers == {PREFILLER_HEADER: "10.0.0.2:8001"}
+    result = handler(mode="decode-first").process_results(CycleState(), request(), results)
     assert result.endpoints == (DECODE,)
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("decode-first", DECODE, PREFILL, 0.8)
-    state = CycleState()
-    handler(mode="decode-first", cacheHitThreshold=0.5).process_results(
-        state, request(cache_hit_threshold=0.3), results
+    assert result.disaggregation == DisaggregationPlan("decode-first", DECODE, PREFILL, 0.8)
+    own = handler(mode="decode-first", cacheHitThreshold=0.5).process_results(
+        CycleState(), request(cache_hit_threshold=0.3), results
     )
-    assert state.require(DISAGGREGATION).cache_hit_threshold == 0.3
-    state = CycleState()
-    handler(mode="decode-first", cacheHitThreshold=0.5).process_results(state, request(), results)
-    assert state.require(DISAGGREGATION).cache_hit_threshold == 0.5
+    assert own.disaggregation is not None and own.disaggregation.cache_hit_threshold == 0.3
+    configured = handler(mode="decode-first", cacheHitThreshold=0.5).process_results(CycleState(), request(), results)
+    assert configured.disaggregation is not None and configured.disaggregation.cache_hit_threshold == 0.5
 
 
 def test_decode_first_skips_prefill_below_the_threshold_too() -> None:
@@ -170,7 +160,8 @@ def test_decode_first_skips_prefill_below_the_threshold_too() -> None:
 
 
 def test_ipv6_prefiller_is_bracketed() -> None:
-    assert host_port(Endpoint.create("fd00::2", 8000)) == "[fd00::2]:8000"
+    plan = DisaggregationPlan("prefill-first", DECODE, Endpoint.create("fd00::2", 8000))
+    assert plan.prefill_host_port == "[fd00::2]:8000"
 
 
 def test_params() -> None:
@@ -210,7 +201,7 @@ def test_the_prefix_scorer_match_on_the_decode_endpoint_drives_the_decision() ->
     state = CycleState()
     first = scheduler.schedule(request(), [DECODE, PREFILL], state)
     # cold: all 250 tokens to compute on the decode endpoint -> prefill apart
-    assert first.headers == {PREFILLER_HEADER: "10.0.0.2:8001"}
+    assert first.disaggregation == DisaggregationPlan("prefill-first", DECODE, PREFILL)
     prefix.pre_request(state, request(), first)
     # the decode endpoint now holds the prompt: 0 uncached tokens < 100 -> decode only
-    assert scheduler.schedule(request(), [DECODE, PREFILL]).headers == {}
+    assert scheduler.schedule(request(), [DECODE, PREFILL]).disaggregation is None

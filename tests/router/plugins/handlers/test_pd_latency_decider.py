@@ -12,6 +12,7 @@ from kvroute.router.config.loader import load_config
 from kvroute.router.framework import (
     ApiKind,
     CycleState,
+    DisaggregationPlan,
     Endpoint,
     EndpointMetrics,
     LLMRequest,
@@ -19,12 +20,7 @@ from kvroute.router.framework import (
     ResponseInfo,
     SchedulingResult,
 )
-from kvroute.router.plugins.handlers.pd import (
-    DISAGGREGATION,
-    PREFILLER_HEADER,
-    DisaggregationPlan,
-    PDProfileHandler,
-)
+from kvroute.router.plugins.handlers.pd import PDProfileHandler
 from kvroute.router.plugins.latency.load import EndpointLoad
 from kvroute.router.plugins.prefix.match import PrefixMatchInfo, prefix_match_key
 from kvroute.router.plugins.registry import REGISTRY
@@ -135,9 +131,9 @@ def test_a_long_cold_prompt_is_disaggregated_away_from_a_decode_batch() -> None:
     # cost_p on the idle prefill endpoint: 0.166 + 3 * 40 us * 4,000
     assert state.require(prediction_key("prefill-latency")).cost == pytest.approx({prefill.id: 0.646})
     # remote = 0.646 + 1 ms + 2.6 us * 4,000 + 0.0068 = 0.6642 < 1.9268
-    assert result.headers == {PREFILLER_HEADER: "10.0.2.1:8000"}
+    assert result.disaggregation == DisaggregationPlan("prefill-first", decode, prefill, None)
+    assert result.disaggregation.prefill_host_port == "10.0.2.1:8000"
     assert result.endpoints == (decode,)
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("prefill-first", decode, prefill, None)
     # the decode endpoint prefills nothing; the prefill endpoint computes the whole prompt
     assert router.decode.load(decode.id) == EndpointLoad(prefill_tokens=0, prefilling=1, kv_tokens=10)
     assert router.prefill.load(prefill.id) == EndpointLoad(prefill_tokens=4000, prefilling=1, kv_tokens=4010)
@@ -153,8 +149,7 @@ def test_the_same_prompt_is_kept_whole_on_an_idle_decode_endpoint() -> None:
     assert state.require(prediction_key("decode-latency")).local_cost == pytest.approx({decode.id: 0.646})
     # the prefill profile ran (its prediction is published) and its result was dropped
     assert state.require(prediction_key("prefill-latency")).cost == pytest.approx({prefill.id: 0.646})
-    assert result.headers == {}
-    assert state.read(DISAGGREGATION) is None
+    assert result.disaggregation is None
     assert set(result.profile_results) == {"decode"}
     assert router.decode.load(decode.id) == EndpointLoad(prefill_tokens=4000, prefilling=1, kv_tokens=4010)
     assert len(router.prefill.loads) == 0
@@ -176,10 +171,9 @@ def test_the_same_prompt_is_kept_whole_on_an_idle_decode_endpoint() -> None:
 def test_the_transfer_costs_decide_against_the_local_cost(handler: str, disaggregated: bool) -> None:
     router = Router(handler=handler)
     decode, prefill = decoder(running=8), prefiller()
-    state, result = router.send(request(COLD), [decode, prefill])
+    _, result = router.send(request(COLD), [decode, prefill])
 
-    assert (PREFILLER_HEADER in result.headers) is disaggregated
-    assert (state.read(DISAGGREGATION) is not None) is disaggregated
+    assert (result.disaggregation is not None) is disaggregated
     assert router.decode.load(decode.id).prefill_tokens == (0 if disaggregated else 4000)
     assert router.prefill.load(prefill.id).prefill_tokens == (4000 if disaggregated else 0)
 
@@ -192,7 +186,7 @@ def test_a_prefix_cached_on_the_decode_endpoint_keeps_the_request_whole_beside_a
     # cost_p: 10 unknown waiting requests at the default mean of 1,024 tokens and 4,000 own: 14,240 tokens in
     # 4 steps, 0.5906 s, + 0.48 s = 1.0706 s against a local 0.646 s: kept whole, recorded on the decode endpoint
     assert state.require(prediction_key("prefill-latency")).cost == pytest.approx({busy.id: 1.0706})
-    assert result.headers == {}
+    assert result.disaggregation is None
     router.first_token(state, first, decode)
 
     second = request(SHARED + "z" * 640, "second")
@@ -206,8 +200,7 @@ def test_a_prefix_cached_on_the_decode_endpoint_keeps_the_request_whole_beside_a
     assert on_decode.local_cost == pytest.approx({decode.id: 0.0385005})
     # remote = 1.0706 + 0.001 + 2.6 us * 160 + 0.0065005 = 1.0785165: kept whole
     assert state.require(prediction_key("prefill-latency")).cost == pytest.approx({busy.id: 1.0706})
-    assert result.headers == {}
-    assert state.read(DISAGGREGATION) is None
+    assert result.disaggregation is None
     assert router.decode.load(decode.id) == EndpointLoad(
         prefill_tokens=160, prefilling=1, decoding=1, context_tokens=4005, kv_tokens=4010 + 170
     )
@@ -217,10 +210,9 @@ def test_a_prefix_cached_on_the_decode_endpoint_keeps_the_request_whole_beside_a
 def test_the_threshold_decider_disaggregates_what_the_latency_decider_keeps_whole() -> None:
     router = Router(decider="threshold")
     decode, prefill = decoder(), prefiller()
-    state, result = router.send(request(COLD), [decode, prefill])
+    _, result = router.send(request(COLD), [decode, prefill])
 
-    assert result.headers == {PREFILLER_HEADER: "10.0.2.1:8000"}  # threshold 0: always
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("prefill-first", decode, prefill, None)
+    assert result.disaggregation == DisaggregationPlan("prefill-first", decode, prefill, None)  # threshold 0: always
     assert router.prefill.load(prefill.id).prefill_tokens == 4000
 
 
@@ -228,10 +220,9 @@ def test_the_threshold_decider_disaggregates_what_the_latency_decider_keeps_whol
 def test_a_missing_prediction_disaggregates(missing: str) -> None:
     router = Router(handler=f", {missing}: no-such-scorer")
     decode, prefill = decoder(), prefiller()  # the predictions alone would keep it whole (0.6634 >= 0.646)
-    state, result = router.send(request(COLD), [decode, prefill])
+    _, result = router.send(request(COLD), [decode, prefill])
 
-    assert result.headers == {PREFILLER_HEADER: "10.0.2.1:8000"}
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("prefill-first", decode, prefill, None)
+    assert result.disaggregation == DisaggregationPlan("prefill-first", decode, prefill, None)
     assert router.decode.load(decode.id).prefill_tokens == 0
     assert router.prefill.load(prefill.id).prefill_tokens == 4000
 
@@ -259,21 +250,21 @@ def handler(**params: object) -> PDProfileHandler:
 
 
 @pytest.mark.parametrize(
-    ("local", "headers"),
+    ("local", "disaggregated"),
     [
-        (0.300, {PREFILLER_HEADER: "10.0.2.1:8000"}),  # remote = 0.12 + 0.001 + 0.0104 + 0.015 = 0.1464
-        (0.1465, {PREFILLER_HEADER: "10.0.2.1:8000"}),
-        (0.1463, {}),
+        (0.300, True),  # remote = 0.12 + 0.001 + 0.0104 + 0.015 = 0.1464
+        (0.1465, True),
+        (0.1463, False),
     ],
 )
-def test_remote_is_cost_p_plus_setup_plus_transfer_plus_ttft_d(local: float, headers: dict[str, str]) -> None:
+def test_remote_is_cost_p_plus_setup_plus_transfer_plus_ttft_d(local: float, disaggregated: bool) -> None:
     state = predicted(local)
     result = handler().process_results(state, request(COLD), RESULTS)
 
-    assert result.headers == headers
+    plan = DisaggregationPlan("prefill-first", DECODE, PREFILL, None)
+    assert result.disaggregation == (plan if disaggregated else None)
     assert result.endpoints == (DECODE,)
-    assert (state.read(DISAGGREGATION) is not None) == bool(headers)
-    assert set(result.profile_results) == ({"decode", "prefill"} if headers else {"decode"})
+    assert set(result.profile_results) == ({"decode", "prefill"} if disaggregated else {"decode"})
 
 
 @pytest.mark.parametrize(
@@ -285,16 +276,14 @@ def test_remote_is_cost_p_plus_setup_plus_transfer_plus_ttft_d(local: float, hea
 )
 def test_a_prediction_without_the_chosen_endpoint_disaggregates(state: CycleState) -> None:
     result = handler().process_results(state, request(COLD), RESULTS)
-    assert result.headers == {PREFILLER_HEADER: "10.0.2.1:8000"}
+    assert result.disaggregation == DisaggregationPlan("prefill-first", DECODE, PREFILL, None)
 
 
-def test_the_decode_first_plan_is_written_only_when_disaggregated() -> None:
-    state = predicted(0.300)
-    handler(mode="decode-first").process_results(state, request(COLD), RESULTS)
-    assert state.read(DISAGGREGATION) == DisaggregationPlan("decode-first", DECODE, PREFILL, 0.8)
-    state = predicted(0.1463)
-    assert handler(mode="decode-first").process_results(state, request(COLD), RESULTS).headers == {}
-    assert state.read(DISAGGREGATION) is None
+def test_the_decode_first_plan_is_set_only_when_disaggregated() -> None:
+    result = handler(mode="decode-first").process_results(predicted(0.300), request(COLD), RESULTS)
+    assert result.disaggregation == DisaggregationPlan("decode-first", DECODE, PREFILL, 0.8)
+    kept = handler(mode="decode-first").process_results(predicted(0.1463), request(COLD), RESULTS)
+    assert kept.disaggregation is None
 
 
 def test_params() -> None:

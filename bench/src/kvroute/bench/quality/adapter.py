@@ -14,8 +14,8 @@ request's lifecycle is the Director's, minus HTTP:
 - completion: `on_response_complete` exactly once, with the usage (prompt and cached tokens) filled in.
 
 The request is a streamed completion of `MODEL` (or of its LoRA adapter, which the request names as its model)
-whose prompt is the workload's text. When the P/D handler wrote a `DisaggregationPlan`, the harness runs the
-request on the plan's prefill endpoint first.
+whose prompt is the workload's text. When the scheduling result carries a `DisaggregationPlan`, the harness runs
+the request on the plan's prefill endpoint first.
 
 Plugins that read the time (`uses_clock`) get the harness's virtual clock. When a `predicted-latency-scorer`
 predicted the TTFT of the endpoint a request was sent to, the run also reports how far off it was
@@ -50,7 +50,6 @@ from kvroute.router.framework import (
     ResponseInfo,
 )
 from kvroute.router.framework.endpoint import ROLE_LABEL
-from kvroute.router.plugins.handlers.pd import DISAGGREGATION
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer, prediction_key
 from kvroute.simulator.des.harness import EngineView, RequestRecord, Route, WorkloadRequest
@@ -150,7 +149,7 @@ class SchedulerPolicy(Policy):
             response_hook.on_response_headers(state, llm_request, target, response)
         self._in_flight[request.request_id] = _InFlight(state, llm_request, target, response)
         self._remember_prediction(request.request_id, state, target)
-        plan = state.read(DISAGGREGATION)
+        plan = result.disaggregation
         if plan is not None:
             return Route(decode=self._index[plan.decode.id], prefill=self._index[plan.prefill.id])
         return self._index[target.id]

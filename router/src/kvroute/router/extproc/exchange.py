@@ -9,9 +9,9 @@ buffered to its end (Envoy's `request_body_mode` is read from the first message'
 - BUFFERED: the headers are let through at once (Envoy holds them until the body is answered); the body answer
   carries the destination.
 
-When the configuration prepares requests (`Director.preparing`, e.g. tokenizing for the precise prefix scorer),
-the buffered request is left pending (`preparing`) and the caller awaits `route_prepared` for its answers (and any
-trailers answer), which are then exactly those above.
+When the configuration prepares requests (`Director.start` returns an awaitable, e.g. tokenizing for the
+precise prefix scorer), the buffered request is left pending (`preparing`) and the caller awaits `route_prepared`
+for its answers (and any trailers answer), which are then exactly those above.
 
 Any other request (another path or method, no body, or `request_body_mode: NONE`) is not scheduled: it goes to
 the next of the candidate endpoints in turn, decided on its headers (e.g. `GET /v1/models`). Other body modes
@@ -34,22 +34,24 @@ estimated (`estimate`); for a non-streamed answer with a BUFFERED request body i
 the whole body in one message at its end, which gives the exact usage.
 
 `close` ends the request exactly once: success when the response ended (or, with no body expected, when it had
-headers), otherwise "client disconnected" recorded as 499; a router cancelled mid-request ends the same way.
+headers), otherwise `on_disconnect` (recorded as 499); a router cancelled mid-request ends the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from kvroute.router.extproc import conformance, protocol, wire
 from kvroute.router.extproc.estimate import max_tokens_of
 from kvroute.router.extproc.processor import Processor, ResponseMode, api_of
 from kvroute.router.extproc.protocol import BUFFERED, FULL_DUPLEX_STREAMED, NONE, ProcessingRequest
-from kvroute.router.framework import ApiKind, Endpoint
-from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError, is_routing_header, too_large
-from kvroute.router.requestcontrol.director import CLIENT_CLOSED
+from kvroute.router.framework import Endpoint
+from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError, is_routing_header
 from kvroute.router.requestcontrol.handle import RequestHandle
+from kvroute.router.requestcontrol.intake import Intake
+from kvroute.router.requestcontrol.prefill import PREFILLER_HEADER
 from kvroute.router.requestcontrol.response import EVENT_STREAM
 
 BODY_CHUNK_BYTES = 64 * 1024
@@ -59,19 +61,17 @@ _ROUTED_MODES = (FULL_DUPLEX_STREAMED, BUFFERED)
 
 class Exchange:
     __slots__ = (
-        "_api",
         "_body_expected",
         "_endpoint",
         "_finished",
         "_forwarded_at",
         "_headers",
-        "_parts",
+        "_intake",
         "_passthrough",
         "_pending",
         "_processor",
         "_request_mode",
         "_response_mode",
-        "_size",
         "_status",
         "_subset",
         "handle",
@@ -81,13 +81,11 @@ class Exchange:
         self._processor = processor
         self._request_mode = FULL_DUPLEX_STREAMED
         self._response_mode = FULL_DUPLEX_STREAMED
-        self._api: ApiKind | None = None
+        self._intake: Intake | None = None  # the body of a request to schedule, until it is routed or refused
         self._headers: list[tuple[str, str]] = []
         self._subset: frozenset[str] | None = None
-        self._parts: list[bytes] = []
-        self._size = 0
         self._passthrough = False
-        self._pending: tuple[bytes, bool, Sequence[wire.Answer]] | None = None
+        self._pending: tuple[Awaitable[RequestHandle], bool, Sequence[wire.Answer]] | None = None
         self.handle: RequestHandle | None = None
         self._endpoint: Endpoint | None = None
         self._forwarded_at = 0.0
@@ -153,12 +151,10 @@ class Exchange:
                 "configure FULL_DUPLEX_STREAMED or BUFFERED"
             )
             return (protocol.immediate(RequestError(500, message_text, "unsupported_processing_mode")),)
-        director = self._processor.director
         try:
-            director.check_length(api, int(length) if length.isdigit() else None)
+            self._intake = self._processor.director.open(api, int(length) if length.isdigit() else None)
         except RequestError as error:
             return (protocol.immediate(error),)
-        self._api = api
         return (wire.CONTINUE_REQUEST_HEADERS,) if mode == BUFFERED else _NOTHING
 
     def _request_body(self, data: bytes, end_of_stream: bool) -> Sequence[wire.Answer]:
@@ -166,16 +162,14 @@ class Exchange:
             if self._request_mode == FULL_DUPLEX_STREAMED:
                 return (wire.streamed_body(wire.REQUEST_BODY, data, end_of_stream),)
             return (wire.CONTINUE_REQUEST_BODY,)
-        if self._api is None or self.handle is not None:
+        intake = self._intake
+        if intake is None or self.handle is not None:
             return _NOTHING  # answered already (an error), or a body after the trailers
-        if data:
-            self._parts.append(data)
-            self._size += len(data)
-            director = self._processor.director
-            if self._size > director.max_body_bytes:
-                error = director.refuse(self._api, too_large(director.max_body_bytes))
-                self._api, self._parts = None, []
-                return (protocol.immediate(error),)
+        try:
+            intake.add(data)
+        except RequestError as error:
+            self._intake = None
+            return (protocol.immediate(error),)
         # A BUFFERED body is whole even when trailers follow (then without end of stream): Envoy awaits its answer.
         if end_of_stream or self._request_mode == BUFFERED:
             return self._route(end_of_stream=end_of_stream)
@@ -189,44 +183,41 @@ class Exchange:
     async def route_prepared(self) -> Sequence[wire.Answer]:
         """The answers routing the request once the Director prepared and scheduled it."""
         pending, self._pending = self._pending, None
-        api = self._api
-        if pending is None or api is None:
+        if pending is None:
             return _NOTHING
-        raw, end_of_stream, after = pending
+        started, end_of_stream, after = pending
         try:
-            handle = await self._processor.director.start_prepared(api, raw, self._headers, self._subset)
+            handle = await started
         except RequestError as error:
-            self._api = None
+            self._intake = None
             return (protocol.immediate(error), *after)
-        return (*self._routed(handle, raw, end_of_stream), *after)
+        return (*self._routed(handle, end_of_stream), *after)
 
     def _route(self, *, end_of_stream: bool, after: Sequence[wire.Answer] = _NOTHING) -> Sequence[wire.Answer]:
         """Schedules the buffered request; `after` are answers to send once it is routed. With preparers the
         request is left pending (`preparing`) and nothing is answered yet."""
-        api = self._api
-        if api is None:
+        intake = self._intake
+        if intake is None:
             return after
-        parts = self._parts
-        raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._parts = []
-        director = self._processor.director
-        if director.preparing:
-            self._pending = (raw, end_of_stream, after)
-            return _NOTHING
         try:
-            handle = director.start(api, raw, self._headers, self._subset)
+            started = self._processor.director.start(intake.api, intake.body, self._headers, self._subset)
         except RequestError as error:
-            self._api = None
+            self._intake = None
             return (protocol.immediate(error), *after)
-        answers = self._routed(handle, raw, end_of_stream)
+        if not isinstance(started, RequestHandle):
+            self._pending = (started, end_of_stream, after)
+            return _NOTHING
+        answers = self._routed(started, end_of_stream)
         return (*answers, *after) if after else answers
 
-    def _routed(self, handle: RequestHandle, raw: bytes, end_of_stream: bool) -> Sequence[wire.Answer]:
+    def _routed(self, handle: RequestHandle, end_of_stream: bool) -> Sequence[wire.Answer]:
         processor = self._processor
         self.handle = handle
+        raw = handle.raw_body
         self._endpoint = handle.endpoint
         destination = ",".join(e.id for e in handle.endpoints[: processor.max_destinations])
-        common = protocol.routing(self._upstream_headers(handle, destination), self._removed_headers())
+        headers = self._upstream_headers(handle, destination)
+        common = protocol.routing(headers, [name for name in self._removed_headers() if name not in headers])
         self._forwarded_at = time.perf_counter()
         if self._request_mode == BUFFERED:
             return (protocol.routed_body(common, destination),)
@@ -243,6 +234,9 @@ class Exchange:
 
     def _upstream_headers(self, handle: RequestHandle, destination: str) -> dict[str, str]:
         headers = {protocol.DESTINATION_HEADER: destination, **handle.result.headers}
+        plan = handle.result.disaggregation
+        if plan is not None:  # the decode pod's sidecar runs the prefill (llm-d's P/D protocol)
+            headers[PREFILLER_HEADER] = plan.prefill_host_port
         if self._processor.gie_conformance:
             headers.update(conformance.echoed(handle.endpoint.id))
         request_id = handle.request.request_id
@@ -326,6 +320,9 @@ class Exchange:
 
     def close(self) -> None:
         """The stream is over (ended by Envoy, reset, or cancelled): completes the request if nothing else did."""
+        pending, self._pending = self._pending, None
+        if pending is not None and asyncio.iscoroutine(pending[0]):
+            pending[0].close()  # never awaited: the stream ended before the request could be routed
         handle = self.handle
         if handle is None or handle.done:
             return
@@ -336,4 +333,4 @@ class Exchange:
                 handle.on_output_estimate(self._endpoint, estimate)
             handle.complete()
             return
-        handle.complete("client disconnected", status=CLIENT_CLOSED)
+        handle.on_disconnect()

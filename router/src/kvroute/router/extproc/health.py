@@ -2,7 +2,7 @@
 
 Services: `liveness` is SERVING while the process runs; `readiness`, `envoy.service.ext_proc.v3.ExternalProcessor`
 (the name Envoy's `grpc_health_check.service_name` uses for an ext_proc cluster) and `""` (the whole server) are
-SERVING when the router can serve (`RouterCore.not_ready_reason` is None) and NOT_SERVING otherwise, and once the
+SERVING when the router can serve (`Director.not_ready_reason` is None) and NOT_SERVING otherwise, and once the
 server is stopping. Any other name is NOT_FOUND, as the protocol says. `Watch` is not offered (UNIMPLEMENTED):
 Envoy and Kubernetes probes use `Check`.
 """

@@ -1,6 +1,6 @@
 """The ext_proc front door's listeners (`kvroute router --mode ext-proc` runs a `RouterCore` with this door).
 
-`ExtProcDoor` runs on a `RouterCore` it does not own:
+`ExtProcDoor` runs on a Director it does not own (the `RouterCore`'s):
 
 - the ext_proc gRPC server (default port 9002), TLS unless `secure_serving` is off, also answering gRPC health;
 - a plain gRPC health server (default 9003) for probes: `liveness`, `readiness`, the ext_proc service name;
@@ -25,8 +25,8 @@ from kvroute.router.extproc.health import HealthService
 from kvroute.router.extproc.processor import Processor, ResponseMode
 from kvroute.router.extproc.service import ExtProcService
 from kvroute.router.extproc.tls import server_credentials
-from kvroute.router.observability import CONTENT_TYPE
-from kvroute.router.runtime import RouterCore
+from kvroute.router.observability.page import metrics_page
+from kvroute.router.requestcontrol.director import Director
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ class ExtProcSettings:
 
 
 class ExtProcDoor:
-    def __init__(self, core: RouterCore, settings: ExtProcSettings | None = None) -> None:
-        self.core = core
+    def __init__(self, director: Director, settings: ExtProcSettings | None = None) -> None:
+        self.director = director
         self.settings = settings = settings or ExtProcSettings()
         self.processor = Processor(
-            core.director, settings.response_mode, settings.max_destinations, gie_conformance=settings.gie_conformance
+            director, settings.response_mode, settings.max_destinations, gie_conformance=settings.gie_conformance
         )
-        self.health = HealthService(core.not_ready_reason)
+        self.health = HealthService(director.not_ready_reason)
         self.port = self.health_port = self.metrics_port = 0  # the ports bound, once started
         self._servers: list[grpc.aio.Server] = []
         self._metrics: web.AppRunner | None = None
@@ -60,7 +60,7 @@ class ExtProcDoor:
     def _server(self) -> grpc.aio.Server:
         options = [
             ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", self.core.director.max_body_bytes + 1024 * 1024),
+            ("grpc.max_receive_message_length", self.director.max_body_bytes + 1024 * 1024),
         ]
         server = grpc.aio.server(options=options)
         self.health.add_to(server)
@@ -89,7 +89,9 @@ class ExtProcDoor:
         for server in self._servers:
             await server.start()
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics_page)
+        metrics = self.director.ledger.metrics
+        if metrics is not None:
+            app.router.add_get("/metrics", metrics_page(metrics))
         self._metrics = web.AppRunner(app, access_log=None)
         await self._metrics.setup()
         await web.TCPSite(self._metrics, settings.host, settings.metrics_port).start()
@@ -102,16 +104,13 @@ class ExtProcDoor:
             settings.response_mode.value,
             self.health_port,
             self.metrics_port,
-            len(self.core.pool),
+            len(self.director.pool),
         )
         if settings.gie_conformance:
             log.warning(
                 "GIE conformance mode: clients choose their endpoints with test-epp-endpoint-selection; "
                 "for conformance runs only"
             )
-
-    async def _metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.core.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def stop(self) -> None:
         self.health.stopping = True

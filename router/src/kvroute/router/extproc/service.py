@@ -1,6 +1,7 @@
 """The gRPC method `envoy.service.ext_proc.v3.ExternalProcessor/Process`: one bidirectional stream per HTTP
-request, each driven by an `Exchange`. When the configuration prepares requests (`Director.preparing`), the
-exchange leaves the request pending and the service awaits its routing before reading the next message.
+request, each driven by an `Exchange`. When the configuration prepares requests (`Director.start` gives an
+awaitable), the exchange leaves the request pending and the service awaits its routing before reading the next
+message.
 
 The method is registered with a generic handler instead of the generated servicer so that its response
 serializer can take answers already serialised (`wire.serialize`). Whatever ends the stream (Envoy closing it,

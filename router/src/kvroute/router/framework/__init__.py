@@ -32,6 +32,8 @@ from kvroute.router.framework.plugins import (
 )
 from kvroute.router.framework.request import ApiKind, LLMRequest, ResponseInfo
 from kvroute.router.framework.results import (
+    DisaggregationMode,
+    DisaggregationPlan,
     ProfileResult,
     SchedulingProfile,
     SchedulingResult,
@@ -46,6 +48,8 @@ __all__ = [
     "Clock",
     "CycleState",
     "DataProducer",
+    "DisaggregationMode",
+    "DisaggregationPlan",
     "Endpoint",
     "EndpointMetrics",
     "EndpointObserver",

@@ -9,12 +9,12 @@ Routes:
   ones, plus the headers response hooks ask for (e.g. `x-session-token`) and `x-request-id`. An upstream that
   fails mid-stream ends the stream with an SSE error event (other bodies: the connection is closed, so the client
   sees a truncated body, not a complete one). A model server silent for the upstream idle timeout fails the
-  request the same way, or with 504 before the status line. `handle.complete()` runs in a `finally`, so it also
-  runs when the client goes away and aiohttp cancels the handler.
+  request the same way, or with 504 before the status line. `handle.on_disconnect()` runs in a `finally`, so a
+  request the client left (aiohttp cancels the handler) ends too, as 499.
 - `GET /v1/models`: the union of every endpoint's `/v1/models` (`data` merged by `id`, first seen wins), asked
   concurrently with a short timeout; 503 when no endpoint answers.
 - `GET /healthz`: the process is alive. `GET /readyz`: a configuration is loaded and at least one endpoint has
-  fresh metrics. `GET /metrics`: the router's Prometheus metrics.
+  fresh metrics. `GET /metrics`: the router's Prometheus metrics (`observability.page`).
 - `POST /admin/reload`: re-reads the `--config` file through the `ConfigHolder`; 200 with the plugins and
   profiles now serving, or 400 with every `ConfigError` message (the old configuration keeps serving). Like
   every route it is served on the proxy's address, which is why that defaults to 127.0.0.1.
@@ -37,15 +37,14 @@ from multidict import CIMultiDict
 
 from kvroute.router.config.errors import ConfigError
 from kvroute.router.framework import ApiKind, Endpoint
-from kvroute.router.observability import CONTENT_TYPE, RouterMetrics
+from kvroute.router.observability.page import metrics_page
 from kvroute.router.proxy.disaggregation import Opened, open_upstream
 from kvroute.router.proxy.sse import error_event
 from kvroute.router.proxy.upstream import Unreachable, Upstream, response_headers
-from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError, too_large
-from kvroute.router.requestcontrol.director import CLIENT_CLOSED, Director
+from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError
+from kvroute.router.requestcontrol.director import Director
 from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.requestcontrol.response import EVENT_STREAM
-from kvroute.router.runtime import not_ready_reason
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +60,10 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
-class _Outcome:
-    """How the request ended, for `complete()`; until known, the client went away (the handler was cancelled)."""
-
-    __slots__ = ("error", "status")
-
-    def __init__(self) -> None:
-        self.error: str | None = "client disconnected"
-        self.status: int | None = CLIENT_CLOSED
-
-    def ok(self) -> None:
-        self.error, self.status = None, None
-
-    def fail(self, error: str, status: int | None) -> None:
-        self.error, self.status = error, status
-
-
 class ProxyHandlers:
-    def __init__(
-        self,
-        director: Director,
-        upstream: Upstream,
-        metrics: RouterMetrics | None = None,
-        config_path: str | None = None,
-    ) -> None:
+    def __init__(self, director: Director, upstream: Upstream, config_path: str | None = None) -> None:
         self.director = director
         self.upstream = upstream
-        self.metrics = metrics
         self.config_path = config_path
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -99,37 +75,34 @@ class ProxyHandlers:
     async def _generate(self, request: web.Request, api: ApiKind) -> web.StreamResponse:
         director = self.director
         try:
-            director.check_length(api, request.content_length)
+            intake = director.open(api, request.content_length)
             try:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                raise director.refuse(api, too_large(director.max_body_bytes)) from None
-            if director.preparing:
-                handle = await director.start_prepared(api, raw, request.headers.items())
-            else:
-                handle = director.start(api, raw, request.headers.items())
+                raise intake.refuse() from None
+            started = director.start(api, raw, request.headers.items())
+            handle = started if isinstance(started, RequestHandle) else await started
         except RequestError as exc:
             return error_response(exc)
-        outcome = _Outcome()
         try:
-            return await self._forward(request, handle, outcome)
+            return await self._forward(request, handle)
         except Exception:
-            outcome.fail("internal error", 500)
+            handle.complete("internal error", status=500)
             raise  # logged and answered by the `_json_errors` middleware
         finally:
-            handle.complete(outcome.error, status=outcome.status)
+            handle.on_disconnect()
 
-    async def _forward(self, request: web.Request, handle: RequestHandle, outcome: _Outcome) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, handle: RequestHandle) -> web.StreamResponse:
         try:
             opened = await open_upstream(self.upstream, handle, request.path)
         except Unreachable as exc:
-            outcome.fail(f"upstream unreachable: {exc.reason}", 502)
+            handle.complete(f"upstream unreachable: {exc.reason}", status=502)
             return error_response(RequestError(502, "no endpoint could be reached", "upstream_unreachable"))
         except aiohttp.SocketTimeoutError:
-            outcome.fail("upstream sent nothing within the idle timeout", 504)
+            handle.complete("upstream sent nothing within the idle timeout", status=504)
             return error_response(RequestError(504, "the model server did not answer in time", "upstream_timeout"))
         except aiohttp.ClientError as exc:
-            outcome.fail(f"upstream failed: {exc}", 502)
+            handle.complete(f"upstream failed: {exc}", status=502)
             return error_response(RequestError(502, "the model server failed", "upstream_failed"))
         upstream = opened.response
         try:
@@ -140,23 +113,21 @@ class ProxyHandlers:
             length = upstream.content_length
             is_sse = upstream.content_type == EVENT_STREAM
             if not is_sse and length is not None and length <= MAX_BUFFERED_ANSWER:
-                return await self._relay_whole(opened, handle, headers, outcome)
-            return await self._relay_stream(request, opened, handle, headers, outcome, is_sse)
+                return await self._relay_whole(opened, handle, headers)
+            return await self._relay_stream(request, opened, handle, headers, is_sse)
         finally:
             upstream.close()
 
     @staticmethod
-    async def _relay_whole(
-        opened: Opened, handle: RequestHandle, headers: CIMultiDict[str], outcome: _Outcome
-    ) -> web.StreamResponse:
+    async def _relay_whole(opened: Opened, handle: RequestHandle, headers: CIMultiDict[str]) -> web.StreamResponse:
         upstream = opened.response
         try:
             body = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            outcome.fail(f"upstream failed: {exc or type(exc).__name__}", 502)
+            handle.complete(f"upstream failed: {exc or type(exc).__name__}", status=502)
             return error_response(RequestError(502, "the model server failed while answering", "upstream_failed"))
         handle.on_response_chunk(opened.endpoint, body)
-        outcome.ok()
+        handle.complete()
         return web.Response(status=upstream.status, body=body, headers=headers)
 
     @staticmethod
@@ -165,7 +136,6 @@ class ProxyHandlers:
         opened: Opened,
         handle: RequestHandle,
         headers: CIMultiDict[str],
-        outcome: _Outcome,
         is_sse: bool,
     ) -> web.StreamResponse:
         upstream, endpoint = opened.response, opened.endpoint
@@ -180,8 +150,7 @@ class ProxyHandlers:
                 try:
                     chunk = await read()
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    reason = f"upstream failed mid-stream: {exc or type(exc).__name__}"
-                    outcome.fail(reason, 502)
+                    handle.complete(f"upstream failed mid-stream: {exc or type(exc).__name__}", status=502)
                     if is_sse:
                         await response.write(error_event("the model server failed mid-stream", "upstream_failed"))
                         await response.write_eof()
@@ -194,9 +163,9 @@ class ProxyHandlers:
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionError:
-            outcome.fail("client disconnected", CLIENT_CLOSED)
+            handle.on_disconnect()
             return response
-        outcome.ok()
+        handle.complete()
         return response
 
     async def models(self, request: web.Request) -> web.Response:
@@ -231,17 +200,12 @@ class ProxyHandlers:
         return _json({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        reason = not_ready_reason(self.director.pool)
+        reason = self.director.not_ready_reason()
         if reason is not None:
             return error_response(RequestError(503, f"not ready: {reason}", "not_ready"))
         endpoints = self.director.pool.snapshot()
         fresh = sum(not e.metrics.stale for e in endpoints)
         return _json({"status": "ready", "endpoints": len(endpoints), "fresh": fresh})
-
-    async def metrics_page(self, request: web.Request) -> web.Response:
-        if self.metrics is None:
-            return error_response(RequestError(404, "metrics are disabled", "not_found"))
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def reload(self, request: web.Request) -> web.Response:
         if self.config_path is None:
@@ -282,15 +246,10 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return error_response(RequestError(500, "internal error", "internal_error"))
 
 
-def build_app(
-    director: Director,
-    session: aiohttp.ClientSession,
-    *,
-    metrics: RouterMetrics | None = None,
-    config_path: str | None = None,
-) -> web.Application:
-    """The proxy application; `session` is the one upstream HTTP seam (its owner closes it)."""
-    handlers = ProxyHandlers(director, Upstream(session), metrics, config_path)
+def build_app(director: Director, session: aiohttp.ClientSession, *, config_path: str | None = None) -> web.Application:
+    """The proxy application; `session` is the one upstream HTTP seam (its owner closes it). `/metrics` serves the
+    metrics of the Director's ledger (none without)."""
+    handlers = ProxyHandlers(director, Upstream(session), config_path)
     app = web.Application(client_max_size=director.max_body_bytes, middlewares=[_json_errors])
     add = app.router.add_route
     add("POST", "/v1/completions", handlers.completions)
@@ -298,6 +257,8 @@ def build_app(
     add("GET", "/v1/models", handlers.models)
     add("GET", "/healthz", handlers.healthz)
     add("GET", "/readyz", handlers.readyz)
-    add("GET", "/metrics", handlers.metrics_page)
+    metrics = director.ledger.metrics
+    if metrics is not None:
+        add("GET", "/metrics", metrics_page(metrics))
     add("POST", "/admin/reload", handlers.reload)
     return app

@@ -1,12 +1,11 @@
-"""Opening the upstream response for a request, executing a P/D decision on the way (the proxy has no sidecar).
+"""Opening the upstream response for a request, executing its P/D plan on the way (the proxy has no sidecar).
 
-Without a `DisaggregationPlan` in the request's `CycleState` (see `plugins.handlers.pd`) the client's body bytes
-go as they are to the scheduled endpoints, primary first. With one:
+Without a `DisaggregationPlan` in the scheduling result the client's body bytes go as they are to the scheduled
+endpoints, primary first. With one:
 
-- `prefill-first`: a prefill request goes to the plan's prefill endpoint (the client's body with
-  `kv_transfer_params: {"do_remote_decode": true, ...}`, `max_tokens: 1`, `stream: false`); the decode request then
-  goes to the decode endpoints with the `kv_transfer_params` the prefill answered (`do_remote_prefill`, the
-  prefill engine's address and blocks).
+- `prefill-first`: the prefill request (`requestcontrol.prefill`) goes to the plan's prefill endpoint; the decode
+  request then goes to the decode endpoints with the `kv_transfer_params` the prefill answered
+  (`do_remote_prefill`, the prefill engine's address and blocks).
 - `decode-first`: the decode request goes first, with the plan's `cache_hit_threshold`. When the endpoint hands
   it back (`finish_reason: "cache_threshold"`: the first event with content of a stream, or the JSON answer),
   the prefill runs, then the decode is sent again to the same endpoint. Otherwise its answer goes to the client.
@@ -14,29 +13,28 @@ go as they are to the scheduled endpoints, primary first. With one:
 Prefill and re-sent decode requests carry `cache_hit_threshold: 0`, so neither can hand back again. A prefill
 that fails (unreachable, an error status, no `kv_transfer_params` in the answer) is logged and the decode runs
 without it: the decode endpoint then computes the whole prompt itself. Only the decode answer reaches the
-response hooks; the in-flight gauge counts the decode endpoint.
+response hooks; the in-flight gauge counts the decode endpoint. The proxy never sends `x-prefiller-host-port`:
+it runs the prefill itself, and a sidecar in front of the decode engine would run it a second time.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from kvroute.router.framework import Endpoint
-from kvroute.router.plugins.handlers.pd import DISAGGREGATION, DisaggregationPlan
+from kvroute.router.framework import DisaggregationPlan, Endpoint
 from kvroute.router.proxy.sse import peek_finish_reason
 from kvroute.router.proxy.upstream import Upstream, request_headers
+from kvroute.router.requestcontrol import prefill
 from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.requestcontrol.response import finish_reason_of, load_json
 
 log = logging.getLogger(__name__)
 
 CACHE_THRESHOLD = "cache_threshold"
-MAX_PREFILL_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -51,7 +49,7 @@ class Opened:
 async def open_upstream(upstream: Upstream, handle: RequestHandle, path: str) -> Opened:
     """Raises `Unreachable` when no decode endpoint answers."""
     headers = request_headers(handle.upstream_headers())
-    plan = handle.state.read(DISAGGREGATION)
+    plan = handle.result.disaggregation
     if plan is None:
         endpoint, response = await upstream.open(handle, handle.endpoints, path, handle.raw_body, headers)
         return Opened(endpoint, response)
@@ -67,7 +65,7 @@ async def open_upstream(upstream: Upstream, handle: RequestHandle, path: str) ->
 async def _decode_first(
     upstream: Upstream, handle: RequestHandle, plan: DisaggregationPlan, path: str, headers: dict[str, str]
 ) -> Opened:
-    first = _dumps({**handle.request.body, "cache_hit_threshold": plan.cache_hit_threshold})
+    first = prefill.dumps({**handle.request.body, "cache_hit_threshold": plan.cache_hit_threshold})
     endpoint, response = await upstream.open(handle, handle.endpoints, path, first, headers)
     if response.status != 200:
         return Opened(endpoint, response)
@@ -94,60 +92,16 @@ async def _prefill(
     upstream: Upstream, handle: RequestHandle, plan: DisaggregationPlan, path: str, headers: dict[str, str]
 ) -> dict[str, Any] | None:
     """Runs the prefill on the plan's prefill endpoint; the `kv_transfer_params` for the decode, or None."""
-    body = {
-        **handle.request.body,
-        "kv_transfer_params": {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        },
-        "max_tokens": 1,
-        "stream": False,
-        "cache_hit_threshold": 0,
-    }
-    body.pop("stream_options", None)
-    if "max_completion_tokens" in body:
-        body["max_completion_tokens"] = 1
-    request_id = handle.request.request_id
-    prefill = plan.prefill
+    target = plan.prefill
     try:
-        async with await upstream.post(prefill, path, _dumps(body), headers) as response:
-            if response.status != 200:
-                log.warning("prefill of request %s on %s answered %d", request_id, prefill.id, response.status)
-                return None
-            answer = await _read_bounded(response, MAX_PREFILL_ANSWER_BYTES)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        handle.on_unreachable(prefill, f"prefill failed: {exc or type(exc).__name__}")
+        return await prefill.prefill(upstream.session, upstream.url(target, path), handle.request.body, headers)
+    except prefill.PrefillFailed as failed:
+        if failed.unreachable:
+            handle.on_unreachable(target, f"prefill failed: {failed.reason}")
+        else:
+            log.warning("prefill of request %s on %s: %s", handle.request.request_id, target.id, failed.reason)
         return None
-    message = load_json(answer) if answer is not None else None
-    params = message.get("kv_transfer_params") if isinstance(message, dict) else None
-    if not isinstance(params, dict):
-        log.warning("prefill of request %s on %s returned no kv_transfer_params", request_id, prefill.id)
-        return None
-    return params
 
 
 def _decode_body(handle: RequestHandle, params: dict[str, Any] | None, *, reset_threshold: bool) -> bytes:
-    body = dict(handle.request.body)
-    if reset_threshold:
-        body["cache_hit_threshold"] = 0
-    if params is not None:
-        body["kv_transfer_params"] = params
-    return _dumps(body)
-
-
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None when it is longer than `limit`."""
-    body = bytearray()
-    while chunk := await response.content.readany():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    return prefill.dumps(prefill.decode_body(handle.request.body, params, reset_threshold=reset_threshold))

@@ -1,35 +1,35 @@
 """The Director: the one place that owns a request's lifecycle. Front doors (the OpenAI proxy, the Envoy ext_proc
-server) translate their protocol into these calls and nothing else (`handle.RequestHandle`):
+server) translate their protocol into these calls and nothing else:
 
-    handle = director.start(api, body, headers, subset)  # or RequestError: answer it and stop
-    # ... or, when `director.preparing` (the configuration has a Preparer):
-    handle = await director.start_prepared(api, body, headers, subset)
+    intake = director.open(api, content_length)          # RequestError (413): answer it and stop
+    intake.add(chunk)                                    # each body chunk, when the door reads them itself
+    started = director.start(api, intake.body, headers, subset)   # or RequestError: answer it and stop
+    handle = started if isinstance(started, RequestHandle) else await started
     handle.on_forward(endpoint)                          # before each attempt (primary, then fallbacks)
     handle.on_unreachable(endpoint, reason)              # an attempt failed before any response byte
     handle.on_response_headers(endpoint, status, headers)
     handle.on_response_chunk(endpoint, data)             # every body chunk, as it passes
     handle.on_output_estimate(endpoint, tokens)          # instead, when the body is not seen (ext_proc light)
-    handle.complete(error)                               # always, in a `finally`: only the first call acts
+    handle.complete(error, status=...)                   # the end: success, or how it failed
+    handle.on_disconnect()                               # always, in a `finally`: 499 unless it ended already
 
 `start` does, in order: drop client-supplied routing headers; parse the body (`body`); take `holder.current`
 once (the request keeps that configuration to the end, so its response hooks run on the plugins that scheduled
 it); admission (priority from `x-gateway-inference-objective`, shedding of sheddable requests when saturated);
 `Scheduler.schedule` on the pool's snapshot with a fresh `CycleState`; every `PreRequest` hook. Errors are
-`RequestError`s: 400 bad body, 413 too large, 429 shed, 503 no endpoint, 500 a plugin failed.
+`RequestError`s: 400 bad body, 413 too large, 429 shed, 503 no endpoint, 500 a plugin failed. The request id is
+the client's `x-request-id` when it is usable, else one generated here.
 
-`start_prepared` awaits every `Preparer` of the configuration (in order, with the candidates) between admission
-and scheduling; a preparer that fails (`PreparationFailed`, or a bug) is counted and logged, and the request is
-scheduled anyway. Front doors call it only when `preparing` is true, so a configuration without preparers
-schedules exactly as before, without awaiting anything. A request whose client goes away while it is being
-prepared is recorded as 499.
+When the configuration has `Preparer`s, `start` returns an awaitable instead of the handle: it admits the
+request, awaits every preparer (in order, with the candidates), then schedules. A preparer that fails
+(`PreparationFailed`, or a bug) is counted and logged, and the request is scheduled anyway; a request whose
+client goes away while it is being prepared is recorded as 499. A configuration without preparers schedules
+synchronously, without awaiting anything.
 
-`complete` runs every `ResponseHook.on_response_complete` exactly once however the request ends (see `handle`).
-
-With `fleet` (router replicas sharing their state, `kvroute.router.fleet.sync`), the request is recorded for the
-peers after its PreRequest hooks, its output tokens as they stream and its completion.
-
-Passive health: an endpoint reported unreachable is left out of the candidates until it is scraped successfully
-again or `unreachable_cooldown` seconds pass (then real traffic probes it), unless that would leave none.
+The handle reports to the `Ledger` (request metrics, in-flight gauges, fleet peers, unreachable endpoints);
+`candidates` leaves out the endpoints the ledger holds unreachable. With `fleet` (router replicas sharing their
+state, `kvroute.router.fleet.sync`), the request is recorded for the peers after its PreRequest hooks, its output
+tokens as they stream and its completion.
 
 Metrics: request totals and durations by API and status (499 for a client that went away), the in-flight gauge
 of the endpoint serving the request (the decode endpoint in P/D; it moves with a fallback), and the prefix hit
@@ -43,7 +43,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Collection, Iterable
 from typing import NamedTuple
 
 from kvroute.router.config.builder import LoadedConfig
@@ -65,16 +65,19 @@ from kvroute.router.requestcontrol.body import (
     RequestError,
     clean_headers,
     parse_body,
-    too_large,
     valid_request_id,
 )
-from kvroute.router.requestcontrol.handle import RequestHandle
+from kvroute.router.requestcontrol.handle import CLIENT_CLOSED, RequestHandle
+from kvroute.router.requestcontrol.intake import Intake
+from kvroute.router.requestcontrol.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
-CLIENT_CLOSED = 499  # status recorded for a request whose client went away (nginx's convention)
 EP_PREPARE = "Preparer.prepare"  # `extension_point` label of the preparers' latency
+
+Started = RequestHandle | Awaitable[RequestHandle]
+"""What `Director.start` returns: the handle, or (when the configuration prepares requests) an awaitable of it."""
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(4).hex()
@@ -106,22 +109,14 @@ class Director:
     ) -> None:
         self.holder = holder
         self.pool = pool
-        self.metrics = metrics
-        self.fleet = fleet  # peers told of every request scheduled here (router replicas sharing state)
+        self.ledger = Ledger(metrics, fleet, unreachable_cooldown=unreachable_cooldown)
         self.max_body_bytes = max_body_bytes
-        self._cooldown = unreachable_cooldown
-        self._unreachable: dict[str, float] = {}  # endpoint id -> when it failed (time.monotonic)
         self._admission: tuple[LoadedConfig, Admission] | None = None
 
-    def check_length(self, api: ApiKind, length: int | None) -> None:
-        """Refuses a body announced (`Content-Length`) as larger than the limit, before it is read."""
-        if length is not None and length > self.max_body_bytes:
-            raise self.refuse(api, too_large(self.max_body_bytes))
-
-    def refuse(self, api: ApiKind, error: RequestError) -> RequestError:
-        """Records a request the front door refuses itself; returns `error` for it to raise."""
-        self.record(api, error.status, 0.0)
-        return error
+    def open(self, api: ApiKind, length: int | None = None) -> Intake:
+        """The intake of a request's body; raises the 413 `RequestError` (recorded) when `length`, the size the
+        client announced (`Content-Length`), is over the limit, before the body is read."""
+        return Intake(api, self.max_body_bytes, self.ledger, length)
 
     def start(
         self,
@@ -129,41 +124,43 @@ class Director:
         raw: bytes,
         headers: Iterable[tuple[str, str]],
         subset: Collection[str] | None = None,
-    ) -> RequestHandle:
+    ) -> Started:
         """Parses, admits, schedules and runs the PreRequest hooks; raises `RequestError` when the request cannot
-        be forwarded. `subset` (a gateway's hint) restricts the candidates as in `candidates`. The caller must
-        `complete()` the handle it gets, whatever happens next."""
+        be forwarded. `subset` (a gateway's hint) restricts the candidates as in `candidates`. Returns the handle,
+        or, when the configuration prepares requests, an awaitable of it (which may raise `RequestError` too).
+        The caller must end the handle it gets (`complete`, `on_disconnect`), whatever happens next."""
+        if self.holder.current.preparers:
+            return self._start_prepared(api, raw, headers, subset)
         started = time.perf_counter()
         try:
             return self._schedule(self._admit(api, raw, headers, subset), started)
         except RequestError as exc:
-            self.record(api, exc.status, time.perf_counter() - started)
+            self.ledger.record(api, exc.status, time.perf_counter() - started)
             raise
 
-    @property
-    def preparing(self) -> bool:
-        """Whether the configuration in force prepares requests: front doors then call `start_prepared`."""
-        return bool(self.holder.current.preparers)
-
-    async def start_prepared(
-        self,
-        api: ApiKind,
-        raw: bytes,
-        headers: Iterable[tuple[str, str]],
-        subset: Collection[str] | None = None,
+    async def _start_prepared(
+        self, api: ApiKind, raw: bytes, headers: Iterable[tuple[str, str]], subset: Collection[str] | None
     ) -> RequestHandle:
-        """`start`, with the configuration's preparers awaited between admission and scheduling."""
         started = time.perf_counter()
         try:
             admitted = self._admit(api, raw, headers, subset)
             await self._prepare(admitted)
             return self._schedule(admitted, started)
         except RequestError as exc:
-            self.record(api, exc.status, time.perf_counter() - started)
+            self.ledger.record(api, exc.status, time.perf_counter() - started)
             raise
         except asyncio.CancelledError:
-            self.record(api, CLIENT_CLOSED, time.perf_counter() - started)
+            self.ledger.record(api, CLIENT_CLOSED, time.perf_counter() - started)
             raise
+
+    def not_ready_reason(self) -> str | None:
+        """None when the router can serve (at least one endpoint has fresh metrics); otherwise why not."""
+        endpoints = self.pool.snapshot()
+        if not endpoints:
+            return "no endpoints"
+        if all(e.metrics.stale for e in endpoints):
+            return "no endpoint has fresh metrics"
+        return None
 
     def _admit(
         self, api: ApiKind, raw: bytes, headers: Iterable[tuple[str, str]], subset: Collection[str] | None
@@ -200,7 +197,7 @@ class Director:
         return _Admitted(config, request, candidates, raw)
 
     async def _prepare(self, admitted: _Admitted) -> None:
-        request, metrics = admitted.request, self.metrics
+        request, metrics = admitted.request, self.ledger.metrics
         for preparer in admitted.config.preparers:
             t = time.perf_counter()
             try:
@@ -228,7 +225,7 @@ class Director:
             raise RequestError(500, "scheduling the request failed", "scheduling_failed") from None
         if not result.endpoints:
             raise RequestError(503, "no endpoint can serve the request", "no_endpoints")
-        handle = RequestHandle(self, config, request, state, result, admitted.raw, started)
+        handle = RequestHandle(self.ledger, config, request, state, result, admitted.raw, started)
         for hook in config.pre_request:
             try:
                 hook.pre_request(state, request, result)
@@ -236,8 +233,9 @@ class Director:
                 log.exception("PreRequest hook %r failed on request %s", hook.name, request_id)
                 handle.release("pre_request hook failed")
                 raise RequestError(500, "preparing the request failed", "pre_request_failed") from None
-        if self.fleet is not None:
-            self.fleet.scheduled(config, state, request, result)
+        fleet = self.ledger.fleet
+        if fleet is not None:
+            fleet.scheduled(config, state, request, result)
         return handle
 
     def _admission_for(self, config: LoadedConfig) -> Admission:
@@ -250,24 +248,10 @@ class Director:
         return admission
 
     def candidates(self, subset: Collection[str] | None = None) -> tuple[Endpoint, ...]:
-        """The pool's endpoints a request may go to. With `subset` (endpoint ids `ip:port`, or bare IPs meaning
-        every port of that address) only those, which may leave none."""
+        """The pool's endpoints a request may go to, without those the ledger holds unreachable (unless that
+        would leave none). With `subset` (endpoint ids `ip:port`, or bare IPs meaning every port of that address)
+        only those, which may leave none."""
         snapshot = self.pool.snapshot()
         if subset is not None:
             snapshot = tuple(e for e in snapshot if e.id in subset or e.address in subset)
-        if not self._unreachable:
-            return snapshot
-        now = time.monotonic()
-        for endpoint_id, failed_at in list(self._unreachable.items()):
-            endpoint = self.pool.get(endpoint_id)
-            if endpoint is None or now - failed_at >= self._cooldown or endpoint.metrics.scraped_at > failed_at:
-                del self._unreachable[endpoint_id]
-        reachable = tuple(e for e in snapshot if e.id not in self._unreachable)
-        return reachable or snapshot
-
-    def mark_unreachable(self, endpoint: Endpoint) -> None:
-        self._unreachable[endpoint.id] = time.monotonic()
-
-    def record(self, api: ApiKind, status: int, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.record_request(api.value, status, seconds)
+        return self.ledger.reachable(self.pool, snapshot)

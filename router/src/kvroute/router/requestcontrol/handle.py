@@ -1,10 +1,12 @@
 """`RequestHandle`: one admitted and scheduled request, from its PreRequest hooks to its completion.
 
-`Director.start` creates it; the front door reports each step of the request's life to it (see `director`).
-`complete` runs every `ResponseHook.on_response_complete` exactly once however the request ends (success,
-upstream error, client disconnect, cancellation); later calls do nothing. A hook that raises is logged and the
-others still run, so one faulty plugin cannot leak another's per-request state. The handle moves the in-flight
-gauge to the endpoint serving the request and records the request in the Director's metrics on completion.
+`Director.start` creates it; the front door reports each response event of the request's life to it (see
+`director`). `complete` runs every `ResponseHook.on_response_complete` exactly once however the request ends
+(success, upstream error, client disconnect, cancellation); later calls do nothing. `on_disconnect` is that end
+when the client went away, recorded as `CLIENT_CLOSED` (499). A hook that raises is logged and the others still
+run, so one faulty plugin cannot leak another's per-request state. The handle reports to the router's `Ledger`:
+it moves the in-flight gauge to the endpoint serving the request, marks endpoints unreachable, tells the fleet
+peers of the output as it streams, and records the request on completion.
 """
 
 from __future__ import annotations
@@ -12,19 +14,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+
+from prometheus_client import Gauge
 
 from kvroute.router.config.builder import LoadedConfig
 from kvroute.router.framework import CycleState, Endpoint, LLMRequest, ResponseInfo, SchedulingResult
 from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER
+from kvroute.router.requestcontrol.ledger import Ledger
 from kvroute.router.requestcontrol.response import ResponseReader
 
-if TYPE_CHECKING:
-    from prometheus_client import Gauge
-
-    from kvroute.router.requestcontrol.director import Director
-
 log = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # status recorded for a request whose client went away (nginx's convention)
 
 
 class RequestHandle:
@@ -32,10 +33,10 @@ class RequestHandle:
 
     __slots__ = (
         "_answered",
-        "_director",
         "_done",
         "_gauge",
         "_gauge_endpoint",
+        "_ledger",
         "_reader",
         "_started",
         "config",
@@ -49,7 +50,7 @@ class RequestHandle:
 
     def __init__(
         self,
-        director: Director,
+        ledger: Ledger,
         config: LoadedConfig,
         request: LLMRequest,
         state: CycleState,
@@ -57,7 +58,7 @@ class RequestHandle:
         raw_body: bytes,
         started: float,
     ) -> None:
-        self._director = director
+        self._ledger = ledger
         self.config = config
         self.request = request
         self.state = state
@@ -84,7 +85,7 @@ class RequestHandle:
 
     def upstream_headers(self) -> dict[str, str]:
         """The client's headers (lower-cased, routing headers removed) plus `x-request-id` and the headers the
-        scheduling result adds (e.g. `x-prefiller-host-port`)."""
+        scheduling result adds."""
         headers = dict(self.request.headers)
         headers[REQUEST_ID_HEADER] = self.request.request_id
         headers.update(self.result.headers)
@@ -98,7 +99,7 @@ class RequestHandle:
     def on_unreachable(self, endpoint: Endpoint, reason: str) -> None:
         """Connecting to `endpoint` failed before any response byte; the front door tries the next fallback."""
         log.warning("endpoint %s unreachable for request %s: %s", endpoint.id, self.request.request_id, reason)
-        self._director.mark_unreachable(endpoint)
+        self._ledger.mark_unreachable(endpoint)
 
     def on_response_headers(self, endpoint: Endpoint, status: int, headers: Mapping[str, str]) -> None:
         self.endpoint = endpoint
@@ -134,7 +135,7 @@ class RequestHandle:
                 hook.on_response_chunk(self.state, self.request, endpoint, self.response, new_tokens)
             except Exception:
                 log.exception("response hook %r failed on a chunk of request %s", hook.name, self.request.request_id)
-        fleet = self._director.fleet
+        fleet = self._ledger.fleet
         if fleet is not None and new_tokens > 0:
             fleet.progress(self.request.request_id, self.response.output_tokens)
 
@@ -145,12 +146,16 @@ class RequestHandle:
             return
         self.release(error)
         response = self.response
-        director = self._director
-        if director.metrics is not None:
+        ledger = self._ledger
+        if ledger.metrics is not None:
             code = status or response.status or (502 if error else 200)
-            director.record(self.request.api, code, time.perf_counter() - self._started)
-            if response.prompt_tokens and response.cached_tokens is not None:
-                director.metrics.observe_prefix_hit_ratio(min(1.0, response.cached_tokens / response.prompt_tokens))
+            ledger.record(self.request.api, code, time.perf_counter() - self._started)
+            ledger.observe_prefix_hit(response.prompt_tokens, response.cached_tokens)
+
+    def on_disconnect(self) -> None:
+        """The client went away (or the door was cancelled) before the request ended otherwise: `complete` with
+        the error "client disconnected", recorded as 499. Does nothing once the request is complete."""
+        self.complete("client disconnected", status=CLIENT_CLOSED)
 
     def release(self, error: str | None) -> None:
         """`complete` without recording the request in the metrics (the Director records a refused one)."""
@@ -169,20 +174,19 @@ class RequestHandle:
                 hook.on_response_complete(self.state, self.request, self._answered, response)
             except Exception:
                 log.exception("response hook %r failed to complete request %s", hook.name, self.request.request_id)
-        fleet = self._director.fleet
+        fleet = self._ledger.fleet
         if fleet is not None:
             fleet.completed(self.request.request_id)
         self._move_gauge(None)
 
     def _move_gauge(self, endpoint: Endpoint | None) -> None:
-        metrics = self._director.metrics
-        if metrics is None or _same(self._gauge_endpoint, endpoint):
+        if _same(self._gauge_endpoint, endpoint):
             return
         # The series decremented is the one incremented, even when its endpoint has left the pool since and the
         # series was dropped (perhaps recreated for a new endpoint under the same id, which must not go below 0).
         if self._gauge is not None:
             self._gauge.dec()
-        self._gauge = metrics.in_flight_gauge(endpoint.id) if endpoint is not None else None
+        self._gauge = self._ledger.in_flight_gauge(endpoint) if endpoint is not None else None
         if self._gauge is not None:
             self._gauge.inc()
         self._gauge_endpoint = endpoint

@@ -5,29 +5,30 @@
 router's ConfigMap (`--config-configmap NAME`, document under the key `config.yaml`). Ready, non-terminating pods
 with an IPv4 address become one endpoint per target port in the `EndpointPool`; ConfigMap edits are hot-reloaded.
 
-The router talks to the API server with its own small aiohttp client (`client`, `watch`), authenticated as the
-pod's service account or from a kubeconfig (`kubeconfig`). The permissions it needs, all in the pool's namespace:
+The router talks to the API server through kubernetes_asyncio (`api` for requests, `watch` for the list-and-watch
+loop), authenticated as the pod's service account or from a kubeconfig, exec credential plugins included
+(`credentials`). The permissions it needs, all in the pool's namespace:
 `list` and `watch` on `pods` and on `inferencepools.inference.networking.k8s.io`, and `get`, `list`, `watch` on
 `configmaps` (`get` only fetches the configuration once at startup). The last two may be restricted with
 `resourceNames` to the pool and the ConfigMap: both are listed and watched with a `metadata.name` field
 selector, which RBAC authorizes against `resourceNames` (the e2e test runs the router under exactly that Role).
 """
 
-from kvroute.router.datalayer.kubernetes.client import ApiError, KubeClient
+from kvroute.router.datalayer.kubernetes.api import ApiError, KubeClient
 from kvroute.router.datalayer.kubernetes.configmap import CONFIG_KEY, ConfigMapError, read_config_text
-from kvroute.router.datalayer.kubernetes.discovery import KubernetesDiscovery
-from kvroute.router.datalayer.kubernetes.kubeconfig import (
-    ClusterConfig,
+from kvroute.router.datalayer.kubernetes.credentials import (
+    Cluster,
     KubeConfigError,
     in_cluster_config,
     load_kubeconfig,
     service_account_namespace,
 )
+from kvroute.router.datalayer.kubernetes.discovery import KubernetesDiscovery
 
 __all__ = [
     "CONFIG_KEY",
     "ApiError",
-    "ClusterConfig",
+    "Cluster",
     "ConfigMapError",
     "KubeClient",
     "KubeConfigError",

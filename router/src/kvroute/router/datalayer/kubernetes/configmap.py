@@ -17,7 +17,7 @@ from typing import Any
 
 from kvroute.router.config.errors import ConfigError
 from kvroute.router.config.reload import ConfigHolder
-from kvroute.router.datalayer.kubernetes.client import KubeClient, collection_path
+from kvroute.router.datalayer.kubernetes.api import KubeClient, collection_path
 from kvroute.router.observability import RouterMetrics
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Mapping
 
 from kvroute.router.config.reload import ConfigHolder
-from kvroute.router.datalayer.kubernetes.client import KubeClient, Object, collection_path
+from kvroute.router.datalayer.kubernetes.api import KubeClient, Object, collection_path
 from kvroute.router.datalayer.kubernetes.configmap import CONFIG_KEY, ConfigMapReloader, configmaps_path
 from kvroute.router.datalayer.kubernetes.inferencepool import PoolSpec, parse_pool, pools_path
 from kvroute.router.datalayer.kubernetes.pods import PodView, endpoints_for, pod_view

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvroute.router.datalayer.kubernetes.client import collection_path
+from kvroute.router.datalayer.kubernetes.api import collection_path
 from kvroute.router.datalayer.kubernetes.selector import LabelSelector
 
 GROUP = "inference.networking.k8s.io"

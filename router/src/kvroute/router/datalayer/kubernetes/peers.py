@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvroute.router.datalayer.kubernetes.client import KubeClient, collection_path
+from kvroute.router.datalayer.kubernetes.api import KubeClient, collection_path
 from kvroute.router.datalayer.kubernetes.pods import pod_view
 from kvroute.router.datalayer.kubernetes.selector import LabelSelector
 from kvroute.router.datalayer.kubernetes.watch import Reflector

@@ -1,6 +1,7 @@
 """What `kvroute router --discovery kubernetes` settles before it starts serving.
 
-`connect()` works out where the API server is (in-cluster service account, or `--kubeconfig`), which namespace the
+`connect()` works out where the API server is (in-cluster service account, or `--kubeconfig`, running its exec
+credential plugin if it has one), which namespace the
 pool lives in, and, with `--config-configmap`, fetches the configuration document once, so that the router starts
 with its real configuration and a bad one fails at startup as `--config FILE` does. The fetch is retried for
 `startup_timeout` seconds while the API server is unreachable, answers 5xx or does not have the ConfigMap yet
@@ -19,16 +20,16 @@ from dataclasses import dataclass
 import aiohttp
 
 from kvroute.router.config.reload import ConfigHolder
-from kvroute.router.datalayer.kubernetes.client import ApiError, KubeClient
+from kvroute.router.datalayer.kubernetes.api import ApiError, KubeClient
 from kvroute.router.datalayer.kubernetes.configmap import ConfigMapError, read_config_text
-from kvroute.router.datalayer.kubernetes.discovery import KubernetesDiscovery
-from kvroute.router.datalayer.kubernetes.kubeconfig import (
-    ClusterConfig,
+from kvroute.router.datalayer.kubernetes.credentials import (
+    Cluster,
     KubeConfigError,
     in_cluster_config,
     load_kubeconfig,
     service_account_namespace,
 )
+from kvroute.router.datalayer.kubernetes.discovery import KubernetesDiscovery
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.observability import RouterMetrics
 
@@ -37,7 +38,7 @@ STARTUP_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class KubernetesSource:
-    cluster: ClusterConfig
+    cluster: Cluster
     namespace: str
     pool_name: str
     config_map: str | None = None
@@ -68,7 +69,7 @@ def connect(
 ) -> KubernetesSource:
     """Blocking (call it before the server's event loop starts). Raises `KubeConfigError` for missing credentials
     or namespace, `ConfigMapError` when the configuration document cannot be had."""
-    cluster = load_kubeconfig(kubeconfig) if kubeconfig else in_cluster_config()
+    cluster = asyncio.run(load_kubeconfig(kubeconfig)) if kubeconfig else in_cluster_config()
     namespace = namespace or cluster.namespace or service_account_namespace()
     if not namespace:
         raise KubeConfigError("--pool-namespace is required when the router does not run in a pod")
@@ -78,7 +79,7 @@ def connect(
     return KubernetesSource(cluster, namespace, pool_name, config_map, text)
 
 
-async def _fetch_config(cluster: ClusterConfig, namespace: str, name: str, timeout: float) -> str:
+async def _fetch_config(cluster: Cluster, namespace: str, name: str, timeout: float) -> str:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.2

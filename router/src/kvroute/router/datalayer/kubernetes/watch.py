@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from kvroute.router.datalayer.kubernetes.client import ApiError, KubeClient, Object
+from kvroute.router.datalayer.kubernetes.api import ApiError, KubeClient, Object
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@
    when `uncached_d >= threshold` (tokens; the default 0 always disaggregates). e.g. threshold 100, a 1,000
    character prompt (250 tokens) with 3 blocks of 64 characters cached on d: 202 uncached tokens -> prefill.
 3. The result's primary profile is always decode. With a prefill endpoint p (other than d) the request is
-   disaggregated: header `x-prefiller-host-port: <p ip>:<p port>` is added, and a `DisaggregationPlan` is
-   written to `CycleState` under `DISAGGREGATION`. No prefill endpoint (profile skipped, missing or empty, or it
-   picked d itself): decode only, no header, no plan.
+   disaggregated: the result carries a `DisaggregationPlan` (`SchedulingResult.disaggregation`), which the front
+   door executes (the proxy calls p then d; ext_proc names p to d's sidecar in `x-prefiller-host-port`). No
+   prefill endpoint (profile skipped, missing or empty, or it picked d itself): decode only, no plan.
 
 `decider: predicted-latency` replaces step 2's threshold with the latency predictions of two
 `predicted-latency-scorer`s: the one scoring the decode profile with `remotePrefill: true`
@@ -25,8 +25,8 @@ decode endpoint d and prefill endpoint p:
     remote = cost_p + kvTransferSetupSeconds + kvTransferSecondsPerToken * uncached_d + ttft_d
              (p's prefill and its charges, moving the KV d lacks, and d joining its decode batch)
 
-and the request is disaggregated only when `remote < local`; otherwise the prefill result is dropped (no header,
-no plan, nothing charged to p). e.g. local 0.300 s, cost_p 0.120 s, 4,000 tokens to move at 2.6 us + 1 ms and
+and the request is disaggregated only when `remote < local`; otherwise the prefill result is dropped (no plan,
+nothing charged to p). e.g. local 0.300 s, cost_p 0.120 s, 4,000 tokens to move at 2.6 us + 1 ms and
 ttft_d 0.015 s: remote = 0.1464 s, disaggregate. A missing prediction disaggregates, as threshold 0 does.
 
 `mode` says who decides, and when, that the prefill endpoint does the prefill:
@@ -37,55 +37,35 @@ ttft_d 0.015 s: remote = 0.1464 s, disaggregate. A missing prediction disaggrega
   else `cacheHitThreshold`, default 0.8), which the executor writes into the body sent to d. An engine whose
   cached share of the prompt is below it answers at once with `finish_reason: "cache_threshold"`; the executor
   then runs the prefill on p and re-sends the decode to d, both with `cache_hit_threshold: 0`. Otherwise d
-  serves the request from its own cache and p is never called. The header is set in this mode too: the llm-d
-  sidecar takes its prefiller from it and switches to decode-first when the body has `cache_hit_threshold`.
+  serves the request from its own cache and p is never called. Through ext_proc the header is set in this mode
+  too: the llm-d sidecar takes its prefiller from it and switches to decode-first when the body has
+  `cache_hit_threshold`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvroute.router.framework import (
     CycleState,
+    DisaggregationMode,
+    DisaggregationPlan,
     Endpoint,
     LLMRequest,
     ProfileHandler,
     ProfileResult,
     SchedulingProfile,
     SchedulingResult,
-    StateKey,
 )
 from kvroute.router.framework.plugins import NoEndpointsError
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
 from kvroute.router.plugins.prefix.match import prefix_match_key
 from kvroute.router.plugins.scorers.predicted_latency import prediction_key
 
-PREFILLER_HEADER = "x-prefiller-host-port"
-
-Mode = Literal["prefill-first", "decode-first"]
 Decider = Literal["threshold", "predicted-latency"]
-
-
-@dataclass(frozen=True, slots=True)
-class DisaggregationPlan:
-    """How the executor (sidecar or proxy) serves a disaggregated request; see the module docstring."""
-
-    mode: Mode
-    decode: Endpoint
-    prefill: Endpoint
-    cache_hit_threshold: float | None  # decode-first: send to the decode endpoint; None in prefill-first
-
-
-DISAGGREGATION: StateKey[DisaggregationPlan] = StateKey("pd-disaggregation")
-
-
-def host_port(endpoint: Endpoint) -> str:
-    host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
-    return f"{host}:{endpoint.port}"
 
 
 class PDProfileHandler(ProfileHandler):
@@ -105,7 +85,9 @@ class PDProfileHandler(ProfileHandler):
             alias="prefixPluginName",
             description="Name of the prefix plugin whose match info gives the decode endpoint's cached prefix.",
         )
-        mode: Mode = Field(default="prefill-first", description="Who decides that the prefill runs apart.")
+        mode: DisaggregationMode = Field(
+            default="prefill-first", description="Who decides that the prefill runs apart."
+        )
         decider: Decider = Field(
             default="threshold", description="What decides to disaggregate: `threshold`, or `predicted-latency`."
         )
@@ -189,14 +171,10 @@ class PDProfileHandler(ProfileHandler):
         threshold = request.cache_hit_threshold
         if threshold is None:
             threshold = self._params.cache_hit_threshold
-        state.write(
-            DISAGGREGATION,
-            DisaggregationPlan(self._params.mode, decode, prefill, threshold if decode_first else None),
-        )
         return SchedulingResult(
             profile_results=dict(results),
             primary_profile=decode_name,
-            headers={PREFILLER_HEADER: host_port(prefill)},
+            disaggregation=DisaggregationPlan(self._params.mode, decode, prefill, threshold if decode_first else None),
         )
 
     def _remote_is_faster(self, state: CycleState, request: LLMRequest, decode: Endpoint, prefill: Endpoint) -> bool:

@@ -1,9 +1,9 @@
 """What every front door of one router process shares: configuration, endpoint pool, metrics scraper, Director.
 
-`RouterCore` is assembled once per process; the front doors (the OpenAI proxy, the Envoy ext_proc server) are
-built on it and only translate their protocol into Director calls. With `kvroute router --mode both` the two
-front doors share one core, so a request's prefix affinity and in-flight accounting do not depend on which door it
-came through.
+`RouterCore` is assembled once per process (`build.build_router`); the front doors (the OpenAI proxy, the Envoy
+ext_proc server) are built on its Director and only translate their protocol into Director calls. With `kvroute
+router --mode both` the two front doors share one core, so a request's prefix affinity and in-flight accounting
+do not depend on which door it came through.
 
 The configuration comes from `config_text` (the built-in default when None); with `config_path` the file is also
 watched. The scraper's settings (`metrics` section, `scrape_interval` overriding its interval) are read once at
@@ -18,8 +18,8 @@ its subscription), and closes each `Preparer` once it leaves service (a reload t
 KV events address that cannot be bound fails `start`; on a reload it is logged, the new configuration serving
 without those events.
 
-Readiness, for every door's health answer: at least one endpoint has fresh metrics (a configuration is always
-loaded once the core exists).
+Readiness, for every door's health answer, is the Director's (`Director.not_ready_reason`): a configuration is
+always loaded once the core exists.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import contextlib
 import logging
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import zmq
 
@@ -55,16 +54,6 @@ class CoreSettings:
     scrape_interval: float | None = None  # None: the configuration's metrics.scrapeInterval
     watch_interval: float = 1.0  # seconds between checks of config_path; 0 disables watching
     fleet: FleetSettings | None = None  # fleet sync with the pool's other router replicas; None: off
-
-
-def not_ready_reason(pool: EndpointPool) -> str | None:
-    """None when the router can serve; otherwise why not."""
-    endpoints = pool.snapshot()
-    if not endpoints:
-        return "no endpoints"
-    if all(e.metrics.stale for e in endpoints):
-        return "no endpoint has fresh metrics"
-    return None
 
 
 class RouterCore:
@@ -109,9 +98,6 @@ class RouterCore:
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self.holder.subscribe(self._on_reload)
-
-    def not_ready_reason(self) -> str | None:
-        return not_ready_reason(self.pool)
 
     async def start(self) -> None:
         await self.scraper.start()
@@ -177,45 +163,3 @@ async def _close(preparer: Preparer) -> None:
         await preparer.close()
     except Exception:
         log.exception("closing preparer %r failed", preparer.name)
-
-
-class FrontDoor(Protocol):
-    """A server translating one protocol into Director calls, built on a core it does not own."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None:
-        """Stops accepting and lets requests in flight finish (up to the door's grace period)."""
-
-
-class Router:
-    """One router process: a core and its front doors, started in that order and stopped in reverse."""
-
-    def __init__(self, core: RouterCore, doors: Sequence[FrontDoor]) -> None:
-        self.core = core
-        self.doors = tuple(doors)
-
-    async def start(self) -> None:
-        await self.core.start()
-        started: list[FrontDoor] = []
-        try:
-            for door in self.doors:
-                await door.start()
-                started.append(door)
-        except BaseException:
-            for door in reversed(started):
-                await door.stop()
-            await self.core.stop()
-            raise
-
-    async def stop(self) -> None:
-        for door in reversed(self.doors):
-            await door.stop()
-        await self.core.stop()
-
-    async def __aenter__(self) -> Router:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
