@@ -1,5 +1,5 @@
-"""Small helpers shared by e2e modules: bounded waits, API calls, child processes, loopback simulators, kubeconfigs
-and the pinned kubectl/helm."""
+"""Small helpers shared by e2e modules: API calls, loopback addresses, pods serving at them, kubeconfigs and the
+pinned kubectl/helm (waits and child processes: `tests.support`)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from tests.support import free_port
+
 from .controlplane.cluster import ControlPlane
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,28 +28,10 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
-    """Polls `probe` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 def ok(result: tuple[int, Any], *expected: int) -> Any:
     status, body = result
     assert status in (expected or (200, 201)), f"HTTP {status}: {body}"
     return body
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def loopback_hosts_sharing_a_free_port(count: int) -> tuple[list[str], int]:
@@ -87,48 +69,6 @@ def http(
         return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, {}, ""
-
-
-class Processes:
-    """Child processes (`kvroute ...`), each logging to a file, stopped by PID in reverse order."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """`kvroute ARGS`, with `env` added to this process's environment."""
-        log = self.directory / f"{name}.log"
-        with log.open("ab") as out:
-            command = [sys.executable, "-m", "kvroute.cli", *args]
-            process = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
-            )
-        self.running.append((name, process, log))
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def log(self, name: str) -> str:
-        path = self.directory / f"{name}.log"
-        return path.read_text(errors="replace") if path.is_file() else ""
-
-    def stop_all(self) -> None:
-        for name, process, log in reversed(self.running):
-            self.stop(process)
-            print(f"----- {name} (pid {process.pid}) {log}\n{log.read_text(errors='replace')[-4000:]}")
-        self.running.clear()
 
 
 def write_kubeconfig(control_plane: ControlPlane, path: Path, token: str, namespace: str) -> Path:

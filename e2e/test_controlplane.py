@@ -7,35 +7,22 @@ import base64
 import ipaddress
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from tests.support import eventually_sync
 
 from .controlplane.binaries import pinned_versions
 from .controlplane.cluster import NODE_NAME, POD_CIDR, ControlPlane
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _namespaces = (f"cp-e2e-{i}" for i in itertools.count())
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Polls ``probe`` until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 @pytest.fixture
@@ -50,7 +37,12 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     name = next(_namespaces)
     core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(f"the default ServiceAccount in {name}", lambda: _exists(core.read_namespaced_service_account, name))
+    eventually_sync(
+        lambda: _exists(core.read_namespaced_service_account, name),
+        timeout=60,
+        interval=0.25,
+        message=f"the default ServiceAccount in {name}",
+    )
     yield name
     core.delete_namespace(name)
 
@@ -107,7 +99,12 @@ def test_rbac_denies_a_service_account_until_a_role_grants_it(
                 subjects=[client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)],
             ),
         )
-        secrets = wait_for("the RoleBinding to take effect", lambda: _list_or_none(as_reader, namespace))
+        secrets = eventually_sync(
+            lambda: _list_or_none(as_reader, namespace),
+            timeout=60,
+            interval=0.25,
+            message="the RoleBinding to take effect",
+        )
         assert secrets.items == []
         # The grant is exactly what the Role says: other namespaces stay forbidden.
         with pytest.raises(ApiException) as elsewhere:
@@ -136,9 +133,11 @@ def test_controller_manager_fills_service_account_token_secrets(
             type="kubernetes.io/service-account-token",
         ),
     )
-    secret = wait_for(
-        "the token controller to fill the Secret",
+    secret = eventually_sync(
         lambda: (s := core.read_namespaced_secret("bot-token", namespace)).data and "token" in s.data and s,
+        timeout=60,
+        interval=0.25,
+        message="the token controller to fill the Secret",
     )
     token = base64.b64decode(secret.data["token"]).decode()
     with token_client(control_plane, token) as as_bot:
@@ -172,7 +171,9 @@ def test_deployment_pods_run_on_the_kwok_node_with_loopback_ips(api: client.ApiC
     client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment("web", replicas=3))
     core = client.CoreV1Api(api)
 
-    pods = wait_for("3 Running pods", lambda: _running_pods(core, namespace, "app=web", 3))
+    pods = eventually_sync(
+        lambda: _running_pods(core, namespace, "app=web", 3), timeout=60, interval=0.25, message="3 Running pods"
+    )
 
     pod_cidr = ipaddress.ip_network(POD_CIDR)
     for pod in pods:
@@ -191,10 +192,11 @@ def test_deployment_pods_run_on_the_kwok_node_with_loopback_ips(api: client.ApiC
 def test_kwok_renews_the_node_lease_so_the_node_stays_ready(api: client.ApiClient) -> None:
     leases = client.CoordinationV1Api(api)
     first = leases.read_namespaced_lease(NODE_NAME, "kube-node-lease").spec.renew_time
-    renewed = wait_for(
-        "the node lease to be renewed",
+    renewed = eventually_sync(
         lambda: (t := leases.read_namespaced_lease(NODE_NAME, "kube-node-lease").spec.renew_time) > first and t,
         timeout=30,
+        interval=0.25,
+        message="the node lease to be renewed",
     )
     assert renewed > first
     node = client.CoreV1Api(api).read_node(NODE_NAME)
@@ -246,7 +248,9 @@ def _proc_net_ip(address: str) -> IPAddress:
 def test_deleting_an_owner_garbage_collects_its_dependents(api: client.ApiClient, namespace: str) -> None:
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     deployment = apps.create_namespaced_deployment(namespace, _deployment("doomed", replicas=2))
-    wait_for("2 Running pods", lambda: _running_pods(core, namespace, "app=doomed", 2))
+    eventually_sync(
+        lambda: _running_pods(core, namespace, "app=doomed", 2), timeout=60, interval=0.25, message="2 Running pods"
+    )
     owned = client.V1OwnerReference(
         api_version="apps/v1", kind="Deployment", name="doomed", uid=deployment.metadata.uid
     )
@@ -256,9 +260,21 @@ def test_deleting_an_owner_garbage_collects_its_dependents(api: client.ApiClient
 
     apps.delete_namespaced_deployment("doomed", namespace, propagation_policy="Background")
 
-    wait_for("the ReplicaSet to be collected", lambda: not apps.list_namespaced_replica_set(namespace).items)
-    wait_for("the pods to be collected", lambda: not core.list_namespaced_pod(namespace).items)
-    wait_for(
-        "the owned ConfigMap to be collected",
+    eventually_sync(
+        lambda: not apps.list_namespaced_replica_set(namespace).items,
+        timeout=60,
+        interval=0.25,
+        message="the ReplicaSet to be collected",
+    )
+    eventually_sync(
+        lambda: not core.list_namespaced_pod(namespace).items,
+        timeout=60,
+        interval=0.25,
+        message="the pods to be collected",
+    )
+    eventually_sync(
         lambda: not _exists(core.read_namespaced_config_map, namespace, "doomed-config"),
+        timeout=60,
+        interval=0.25,
+        message="the owned ConfigMap to be collected",
     )

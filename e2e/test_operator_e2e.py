@@ -27,20 +27,19 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import Processes, eventually_sync, free_port, kvroute_command
+
 from .controlplane.cluster import ControlPlane
 from .helpers import (
     REPO,
-    Processes,
     create_pod_serving_at,
     exec_runs,
-    free_port,
     http,
     in_ci,
     k8s_tools_dir,
     loopback_hosts_sharing_a_free_port,
     ok,
     port_free_on_all,
-    wait_for,
     write_exec_kubeconfig,
     write_kubeconfig,
 )
@@ -115,7 +114,7 @@ def scenario(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
         pytest.skip(message)
     workdir = tmp_path_factory.mktemp("operator-e2e")
     hosts, port = loopback_hosts_sharing_a_free_port(len(PODS))
-    state = Scenario(control_plane, tools, workdir, Processes(workdir), hosts, port)
+    state = Scenario(control_plane, tools, workdir, Processes(show_output=True), hosts, port)
     for namespace in (OPERATOR_NS, NS):
         ok(
             control_plane.api(
@@ -164,7 +163,7 @@ def test_01_chart_crds_rbac_and_operator(scenario: Scenario) -> None:
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     for name in CRD_NAMES:
-        wait_for(f"CRD {name} established", partial(established, name))
+        eventually_sync(partial(established, name), timeout=30, interval=0.05, message=f"CRD {name} established")
 
     helm = subprocess.run(
         [
@@ -192,13 +191,15 @@ def test_01_chart_crds_rbac_and_operator(scenario: Scenario) -> None:
     s.values["operator_kubeconfig"] = kubeconfig
     operator = s.processes.start(
         "operator",
-        *("operator", "run", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--router-image", ROUTER_IMAGE),
-        # Both listeners bind 0.0.0.0 (no host flag); the test keeps to loopback and leaves them off.
-        *("--metrics-port", "0", "--health-port", "0", "--standalone", "--log-level", "info"),
+        kvroute_command(
+            *("operator", "run", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--router-image", ROUTER_IMAGE),
+            # Both listeners bind 0.0.0.0 (no host flag); the test keeps to loopback and leaves them off.
+            *("--metrics-port", "0", "--health-port", "0", "--standalone", "--log-level", "info"),
+        ),
     )
     s.values["operator"] = operator
     time.sleep(1.0)
-    assert operator.poll() is None, s.processes.log("operator")
+    assert operator.running, s.processes["operator"].output()
     s.note(f"{len(crd_files)} CRD files, RBAC {kinds}, operator pid {operator.pid} as sa {OPERATOR_NS}/{OPERATOR_SA}")
 
 
@@ -275,13 +276,13 @@ def test_02_pool_and_profile_render_the_children(scenario: Scenario) -> None:
     pool = _pool()
     pool["spec"]["targetPorts"] = [{"number": s.sim_port}]
     _apply(s, pool, _profile())
-    pool_obj = wait_for("the pool", lambda: s.get(f"{POOLS_PATH}/{POOL}"))
+    pool_obj = eventually_sync(lambda: s.get(f"{POOLS_PATH}/{POOL}"), timeout=30, interval=0.05, message="the pool")
 
     def all_children() -> dict[str, dict[str, Any]] | None:
         objs = {kind: s.get(path) for kind, path in CHILDREN.items()}
         return {k: v for k, v in objs.items() if v is not None} if all(objs.values()) else None
 
-    children = wait_for("every child of the pool", all_children, timeout=60, interval=0.2)
+    children = eventually_sync(all_children, timeout=60, interval=0.2, message="every child of the pool")
     for kind, obj in children.items():
         refs = obj["metadata"].get("ownerReferences") or []
         assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
@@ -326,31 +327,31 @@ def test_02_pool_and_profile_render_the_children(scenario: Scenario) -> None:
         condition = next((c for c in status.get("conditions") or [] if c["type"] == "Accepted"), None)
         return profile if condition and condition["status"] == "True" else None
 
-    profile = wait_for("the profile to be Accepted", accepted, timeout=30, interval=0.2)
+    profile = eventually_sync(accepted, timeout=30, interval=0.2, message="the profile to be Accepted")
     status = profile["status"]
     assert status["observedGeneration"] == profile["metadata"]["generation"]
     config_hash = children["ConfigMap"]["metadata"]["annotations"]["kvroute.io/config-hash"]
     assert status["configHash"] == config_hash and status["routerDeployment"] == ROUTER
     # kwok runs the router pods (it fakes their containers), so the Deployment becomes available.
-    wait_for(
-        "the profile to be Ready",
+    eventually_sync(
         lambda: (c := s.profile_condition("Ready")) and c["status"] == "True",
         timeout=60,
         interval=0.2,
+        message="the profile to be Ready",
     )
 
     # Re-running the reconcile changes nothing: touch the profile and the Deployment (whose every event
     # reconciles the pool), then compare.
     time.sleep(1.0)
     before = _versions(s)
-    reconciles = s.processes.log("operator").count("router_deployment_event")
+    reconciles = s.processes["operator"].output().count("router_deployment_event")
     s.kubectl("annotate", "-n", NS, "schedulingprofile", PROFILE, f"{TOUCH}=1", "--overwrite")
     s.kubectl("annotate", "-n", NS, "deployment", ROUTER, f"{TOUCH}=1", "--overwrite")
-    wait_for(
-        "the operator to reconcile the touched Deployment",
-        lambda: s.processes.log("operator").count("router_deployment_event") > reconciles,
+    eventually_sync(
+        lambda: s.processes["operator"].output().count("router_deployment_event") > reconciles,
         timeout=15,
         interval=0.1,
+        message="the operator to reconcile the touched Deployment",
     )
     time.sleep(2.0)
     after = _versions(s)
@@ -365,10 +366,9 @@ def test_03_model_server_pods(scenario: Scenario) -> None:
     s = scenario
     for pod, host in zip(PODS, s.hosts, strict=True):
         sim = ("sim", "serve", "--host", host, "--port", str(s.sim_port), "--model", MODEL, "--pod-name", pod)
-        s.processes.start(f"sim-{pod}", *sim)
-    for host in s.hosts:
-        url = f"http://{host}:{s.sim_port}/health"
-        wait_for(f"the simulator on {host}", partial(lambda u: http("GET", u)[0] == 200, url))
+        s.processes.start(
+            f"sim-{pod}", kvroute_command(*sim), health_url=f"http://{host}:{s.sim_port}/health", timeout=30
+        )
     for pod, host in zip(PODS, s.hosts, strict=True):
         create_pod_serving_at(s.cp, NS, pod, host, {"app": "llm"})
     s.note(f"pods {', '.join(f'{p}={h}' for p, h in zip(PODS, s.hosts, strict=True))} port {s.sim_port}")
@@ -403,18 +403,20 @@ def test_04_router_runs_as_the_deployment_says(scenario: Scenario) -> None:
 
     router = s.processes.start(
         "router",
-        *args,
-        *("--kubeconfig", str(kubeconfig), "--grpc-port", str(grpc), "--grpc-health-port", str(health)),
-        *("--metrics-port", str(metrics)),
+        kvroute_command(
+            *args,
+            *("--kubeconfig", str(kubeconfig), "--grpc-port", str(grpc), "--grpc-health-port", str(health)),
+            *("--metrics-port", str(metrics)),
+        ),
     )
     s.values["router"] = router
-    wait_for(
-        "the router's metrics port",
-        lambda: router.poll() is None and http("GET", f"http://127.0.0.1:{metrics}/metrics")[0] == 200,
+    eventually_sync(
+        lambda: router.running and http("GET", f"http://127.0.0.1:{metrics}/metrics")[0] == 200,
         timeout=30,
         interval=0.1,
+        message="the router's metrics port",
     )
-    assert router.poll() is None, s.processes.log("router")
+    assert router.running, s.processes["router"].output()
     s.note(f"router pid {router.pid} `kvroute {' '.join(args)}` grpc {grpc} metrics {metrics}; secrets 403")
 
 
@@ -447,11 +449,11 @@ def test_05_traffic_through_envoy(scenario: Scenario) -> None:
     process.start()
     s.values["envoy_url"] = process.base_url
     s.values["envoy"] = process
-    wait_for(
-        "a request through Envoy to succeed",
+    eventually_sync(
         lambda: _complete(s, "warm up")[0] == 200,
         timeout=30,
         interval=0.2,
+        message="a request through Envoy to succeed",
     )
     served: dict[str | None, int] = {}
     for i in range(30):
@@ -506,8 +508,7 @@ def test_06_profile_edit_hot_reloads_under_load(scenario: Scenario) -> None:
         time.sleep(0.5)
         started = time.monotonic()
         _apply(s, _profile(prefix_weight=5))
-        wait_for(
-            "the ConfigMap to carry the new weight",
+        eventually_sync(
             lambda: (
                 {p["pluginRef"]: p.get("weight") for p in _config(s)["schedulingProfiles"][0]["plugins"]}.get(
                     "prefix-cache-scorer"
@@ -516,29 +517,30 @@ def test_06_profile_edit_hot_reloads_under_load(scenario: Scenario) -> None:
             ),
             timeout=30,
             interval=0.1,
+            message="the ConfigMap to carry the new weight",
         )
         changed = time.monotonic() - started
-        wait_for(
-            "the router to hot-reload",
+        eventually_sync(
             lambda: _router_metric(s, "kvroute_config_reloads_total", 'result="success"') > before,
             timeout=30,
             interval=0.1,
+            message="the router to hot-reload",
         )
         reloaded = time.monotonic() - started
         time.sleep(0.5)
     failed = [status for status in load.statuses if status != 200]
     assert load.statuses and not failed, f"{len(failed)} of {len(load.statuses)} failed: {set(failed)}"
-    assert router.poll() is None
+    assert router.running
     hash_after = (s.get(CHILDREN["ConfigMap"]) or {})["metadata"]["annotations"]["kvroute.io/config-hash"]
     assert hash_after != hash_before
-    wait_for(
-        "the profile's status to follow",
+    eventually_sync(
         lambda: (
             (p := s.get(f"{PROFILES_PATH}/{PROFILE}") or {}).get("status", {}).get("configHash") == hash_after
             and p["status"]["observedGeneration"] == p["metadata"]["generation"]
         ),
         timeout=15,
         interval=0.1,
+        message="the profile's status to follow",
     )
     s.note(
         f"weight 3->5: ConfigMap after {changed:.2f}s, reload after {reloaded:.2f}s; "
@@ -575,8 +577,7 @@ def test_08_invalid_profiles_are_rejected(scenario: Scenario) -> None:
     bad["spec"]["plugins"][0]["parameters"] = {"blockSizeTokens": "lots"}
     _apply(s, bad)
     generation = (s.get(f"{PROFILES_PATH}/{PROFILE}") or {})["metadata"]["generation"]
-    condition = wait_for(
-        "Accepted=False",
+    condition = eventually_sync(
         lambda: (
             (c := s.profile_condition("Accepted"))
             and c["status"] == "False"
@@ -585,6 +586,7 @@ def test_08_invalid_profiles_are_rejected(scenario: Scenario) -> None:
         ),
         timeout=30,
         interval=0.1,
+        message="Accepted=False",
     )
     assert condition["reason"] == "InvalidConfig"
     assert condition["message"].startswith("spec.plugins[0].parameters.blockSizeTokens"), condition["message"]
@@ -592,22 +594,27 @@ def test_08_invalid_profiles_are_rejected(scenario: Scenario) -> None:
     after = s.get(CHILDREN["ConfigMap"]) or {}
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["data"] == before["data"]
-    assert s.values["router"].poll() is None
+    assert s.values["router"].running
 
     # Fixed again, it is accepted.
     _apply(s, _profile(prefix_weight=5))
-    wait_for(
-        "Accepted=True again",
+    eventually_sync(
         lambda: (c := s.profile_condition("Accepted")) and c["status"] == "True",
         timeout=30,
         interval=0.1,
+        message="Accepted=True again",
     )
     s.note(f"CEL: {cel[:110]}...; semantic: Accepted=False {condition['reason']}: {condition['message'][:80]}")
 
 
 def test_09_kubectl_printer_columns(scenario: Scenario, capsys: pytest.CaptureFixture[str]) -> None:
     s = scenario
-    wait_for("Ready=True", lambda: (c := s.profile_condition("Ready")) and c["status"] == "True", timeout=60)
+    eventually_sync(
+        lambda: (c := s.profile_condition("Ready")) and c["status"] == "True",
+        timeout=60,
+        interval=0.05,
+        message="Ready=True",
+    )
     output = s.kubectl("get", "schedulingprofiles", "-n", NS).stdout
     with capsys.disabled():
         print(f"\n$ kubectl get schedulingprofiles -n {NS}\n{output}", end="", flush=True)
@@ -647,7 +654,7 @@ def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
         deployment = s.get(CHILDREN["Deployment"]) or {}
         return deployment if deployment.get("spec", {}).get("replicas") == 2 else None
 
-    deployment = wait_for("the Deployment to have 2 replicas", rendered, timeout=30, interval=0.2)
+    deployment = eventually_sync(rendered, timeout=30, interval=0.2, message="the Deployment to have 2 replicas")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = list(container["args"])
     assert args[1:3] == ["--mode", "proxy"]
@@ -664,7 +671,9 @@ def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
 
     # kwok runs the two pods of the new template (and removes the old one); each gets a 127.1.x.y address, where
     # the test runs that pod's router, as the Deployment says, with the pod's downward-API environment.
-    pods = wait_for("two Ready router pods of the new template", lambda: _router_pods(s, args), timeout=90)
+    pods = eventually_sync(
+        lambda: _router_pods(s, args), timeout=90, interval=0.05, message="two Ready router pods of the new template"
+    )
     ips = [pod["status"]["podIP"] for pod in pods]
     assert all(ip.startswith("127.") for ip in ips), ips
     fleet_port = port_free_on_all(ips)
@@ -680,24 +689,25 @@ def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
         name = pod["metadata"]["name"]
         router = s.processes.start(
             f"router-{name}",
-            *run,
-            *("--kubeconfig", str(kubeconfig), "--port", str(port), "--fleet-port", str(fleet_port)),
+            kvroute_command(
+                *run, *("--kubeconfig", str(kubeconfig), "--port", str(port), "--fleet-port", str(fleet_port))
+            ),
             env={"POD_NAME": name, "POD_IP": ip},
         )
         routers.append(router)
         urls.append(f"http://{ip}:{port}")
     s.values["fleet_routers"] = routers
     for router, url in zip(routers, urls, strict=True):
-        wait_for(
-            f"the router at {url} to be ready and hear its peer",
+        eventually_sync(
             lambda r=router, u=url: (
-                r.poll() is None
+                r.running
                 and http("GET", f"{u}/readyz")[0] == 200
                 and _metric(u, "kvroute_fleet_peer_addresses") == 1  # its peer's pod, not its own
                 and _metric(u, "kvroute_fleet_peers") == 1
             ),
             timeout=60,
             interval=0.2,
+            message=f"the router at {url} to be ready and hear its peer",
         )
 
     def complete(url: str, prompt: str) -> str | None:
@@ -715,24 +725,26 @@ def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
         stable = len(applied) > 5 and applied[-6] == applied[-1] >= 2 * len(prompts)
         return stable and _metric(urls[1], "kvroute_fleet_peer_requests_open") == 0
 
-    wait_for("router b to apply router a's decisions", settled, timeout=60, interval=0.2)
+    eventually_sync(settled, timeout=60, interval=0.2, message="router b to apply router a's decisions")
     through_b = [complete(urls[1], prompt) for prompt in prompts]
     assert through_b == through_a, (through_a, through_b)
     assert set(through_a) <= set(PODS)
 
     # Router b goes away with its pod: a disconnects from it and, after the peer timeout, forgets it.
-    s.processes.stop(routers[1])
+    routers[1].stop()
     gone = pods[1]["metadata"]["name"]
     ok(s.cp.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{gone}", {"gracePeriodSeconds": 0}))
     a_log = f"router-{pods[0]['metadata']['name']}"
-    wait_for(
-        "router a to drop b's address",
-        lambda: f"-{ips[1]}:{fleet_port}" in s.processes.log(a_log),
+    eventually_sync(
+        lambda: f"-{ips[1]}:{fleet_port}" in s.processes[a_log].output(),
         timeout=30,
         interval=0.2,
+        message="router a to drop b's address",
     )
-    wait_for("router a to forget b", lambda: _metric(urls[0], "kvroute_fleet_peers") == 0, timeout=30, interval=0.5)
-    assert routers[0].poll() is None
+    eventually_sync(
+        lambda: _metric(urls[0], "kvroute_fleet_peers") == 0, timeout=30, interval=0.5, message="router a to forget b"
+    )
+    assert routers[0].running
     s.note(
         f"2 replicas, `--fleet-peer-selector {FLEET_SELECTOR}`; pods {', '.join(ips)} found each other; "
         f"{len(prompts)} prompts via a then b -> same pods {sorted(map(str, set(through_a)))}; b deleted, a forgot it"
@@ -751,14 +763,14 @@ def test_11_deleting_the_pool_collects_the_children(scenario: Scenario) -> None:
                 gone[kind] = time.monotonic() - started
         return len(gone) == len(CHILDREN)
 
-    wait_for("the garbage collector to delete every child", collected, timeout=90, interval=0.25)
-    condition = wait_for(
-        "the profile to report its pool missing",
+    eventually_sync(collected, timeout=90, interval=0.25, message="the garbage collector to delete every child")
+    condition = eventually_sync(
         lambda: (c := s.profile_condition("Accepted")) and c["reason"] == "PoolNotFound" and c,
         timeout=30,
         interval=0.2,
+        message="the profile to report its pool missing",
     )
     assert condition["status"] == "False"
-    assert s.values["operator"].poll() is None, s.processes.log("operator")
+    assert s.values["operator"].running, s.processes["operator"].output()
     timings = ", ".join(f"{kind} {seconds:.1f}s" for kind, seconds in sorted(gone.items(), key=lambda kv: kv[1]))
     s.note(f"children gone after the delete: {timings}; profile Accepted=False PoolNotFound")

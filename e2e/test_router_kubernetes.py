@@ -14,29 +14,30 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-import random
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
+from tests.support import Processes, eventually_sync, free_port, kvroute_command
 
 from .controlplane.cluster import ControlPlane
-from .helpers import exec_runs, write_exec_kubeconfig
+from .helpers import (
+    create_pod_serving_at,
+    exec_runs,
+    http,
+    loopback_hosts_sharing_a_free_port,
+    ok,
+    write_exec_kubeconfig,
+)
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "inferencepool.yaml"
 CRD_NAME = "inferencepools.inference.networking.k8s.io"
 POOL, CONFIG_MAP, MODEL = "llm", "llm-router", "fake-model"
@@ -73,23 +74,6 @@ MINIMAL_CRD: dict[str, Any] = {
 }
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def ok(result: tuple[int, Any], *expected: int) -> Any:
-    status, body = result
-    assert status in (expected or (200, 201)), f"HTTP {status}: {body}"
-    return body
-
-
 @pytest.fixture(scope="module")
 def inferencepool_crd(control_plane: ControlPlane) -> None:
     crd = yaml.safe_load(CRD_FILE.read_text()) if CRD_FILE.is_file() else MINIMAL_CRD
@@ -100,7 +84,7 @@ def inferencepool_crd(control_plane: ControlPlane) -> None:
         conditions = (body.get("status") or {}).get("conditions") or []  # null until the API server fills it in
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    wait_for("the InferencePool CRD to be established", established)
+    eventually_sync(established, timeout=30, interval=0.05, message="the InferencePool CRD to be established")
 
 
 @pytest.fixture
@@ -115,88 +99,11 @@ def namespace(control_plane: ControlPlane, inferencepool_crd: None) -> Iterator[
     control_plane.api("DELETE", f"/api/v1/namespaces/{name}")
 
 
-class Processes:
-    """Child processes of one test, each logging to a file, stopped by PID at the end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = self.directory / f"{name}.log"
-        with log.open("wb") as out:
-            command = [sys.executable, "-m", "kvroute.cli", *args]
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.running.append((process, log))
-        return process
-
-    def stop_all(self) -> None:
-        for process, log in reversed(self.running):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            print(f"----- {log.name}\n{log.read_text(errors='replace')[-6000:]}")  # shown when the test failed
-
-
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    try:
+def processes() -> Iterator[Processes]:
+    """This test's child processes; their output is printed at the end (pytest shows it when the test failed)."""
+    with Processes(show_output=True) as running:
         yield running
-    finally:
-        running.stop_all()
-
-
-def loopback_hosts_sharing_a_free_port(count: int) -> tuple[list[str], int]:
-    """`count` distinct 127.0.0.x addresses and one port free on all of them (a pool has one set of ports)."""
-    hosts = [f"127.0.0.{x}" for x in random.sample(range(100, 250), count)]
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port: int = probe.getsockname()[1]
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return hosts, port
-    raise RuntimeError("no port free on every host")
-
-
-def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, dict[str, str], str]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}, ""
-
-
-def create_pod_serving_at(control_plane: ControlPlane, namespace: str, name: str, host: str) -> None:
-    """A pod that no scheduler touches, then its status as a kubelet would write it: Running, Ready, `host`."""
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": POOL}},
-        "spec": {"schedulerName": "kvroute-e2e-unscheduled", "containers": [{"name": "vllm", "image": "kvroute/sim"}]},
-    }
-    created = ok(control_plane.api("POST", f"/api/v1/namespaces/{namespace}/pods", pod))
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    created["status"] = {
-        "phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-        "podIP": host,
-        "podIPs": [{"ip": host}],
-    }
-    ok(control_plane.api("PUT", f"/api/v1/namespaces/{namespace}/pods/{name}/status", created))
 
 
 def grant_router_access(control_plane: ControlPlane, namespace: str) -> str:
@@ -249,9 +156,7 @@ def test_router_follows_the_inferencepool_and_its_config_map(
     (host_a, host_b), port = loopback_hosts_sharing_a_free_port(2)
     for pod, host in (("llm-a", host_a), ("llm-b", host_b)):
         sim = ("sim", "serve", "--host", host, "--port", str(port), "--model", MODEL, "--pod-name", pod)
-        processes.start(f"sim-{pod}", *sim)
-    for host in (host_a, host_b):
-        wait_for(f"the simulator on {host}:{port}", lambda h=host: http("GET", f"http://{h}:{port}/health")[0] == 200)
+        processes.start(f"sim-{pod}", kvroute_command(*sim), health_url=f"http://{host}:{port}/health", timeout=30)
 
     pool = {
         "apiVersion": "inference.networking.k8s.io/v1",
@@ -264,28 +169,33 @@ def test_router_follows_the_inferencepool_and_its_config_map(
         },
     }
     ok(control_plane.api("POST", f"/apis/inference.networking.k8s.io/v1/namespaces/{namespace}/inferencepools", pool))
-    create_pod_serving_at(control_plane, namespace, "llm-a", host_a)
-    create_pod_serving_at(control_plane, namespace, "llm-b", host_b)
+    create_pod_serving_at(control_plane, namespace, "llm-a", host_a, {"app": POOL})
+    create_pod_serving_at(control_plane, namespace, "llm-b", host_b, {"app": POOL})
     put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT)
     kubeconfig = grant_router_access(control_plane, namespace)
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        router_port = probe.getsockname()[1]
+    router_port = free_port()
     router = f"http://127.0.0.1:{router_port}"
     # The flags of the operator's router Deployment, with a kubeconfig instead of the in-cluster account.
     processes.start(
         "router",
-        *("router", "--discovery", "kubernetes", "--pool-name", POOL, "--pool-namespace", namespace),
-        *("--config-configmap", CONFIG_MAP, "--kubeconfig", kubeconfig, "--port", str(router_port)),
-        *("--scrape-interval", "20ms"),
+        kvroute_command(
+            *("router", "--discovery", "kubernetes", "--pool-name", POOL, "--pool-namespace", namespace),
+            *("--config-configmap", CONFIG_MAP, "--kubeconfig", kubeconfig, "--port", str(router_port)),
+            *("--scrape-interval", "20ms"),
+        ),
     )
 
     def readiness() -> dict[str, Any] | None:
         status, _, body = http("GET", f"{router}/readyz")
         return json.loads(body) if status in (200, 503) and body else None
 
-    wait_for("both endpoints with fresh metrics", lambda: (r := readiness()) and r.get("fresh") == 2)
+    eventually_sync(
+        lambda: (r := readiness()) and r.get("fresh") == 2,
+        timeout=30,
+        interval=0.05,
+        message="both endpoints with fresh metrics",
+    )
     # The router authenticated through the exec plugin (once: its credential lasts an hour).
     assert exec_runs(Path(kubeconfig)).read_text().count("run") == 1
 
@@ -300,8 +210,11 @@ def test_router_follows_the_inferencepool_and_its_config_map(
     # A deleted pod leaves the candidate set within a second.
     ok(control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/llm-a", {"gracePeriodSeconds": 0}))
     deleted_at = time.monotonic()
-    wait_for(
-        "llm-a to leave the pool", lambda: (r := readiness()) and r.get("endpoints") == 1, timeout=5, interval=0.01
+    eventually_sync(
+        lambda: (r := readiness()) and r.get("endpoints") == 1,
+        timeout=5,
+        interval=0.01,
+        message="llm-a to leave the pool",
     )
     assert time.monotonic() - deleted_at < 1.0
     for _ in range(5):
@@ -317,9 +230,13 @@ def test_router_follows_the_inferencepool_and_its_config_map(
         return float(match.group(1)) if match else 0.0
 
     put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT.replace("weight: 2\n", "weight: 5\n", 1))
-    wait_for("the edited configuration to be reloaded", lambda: reloads("success") == 1, timeout=5)
+    eventually_sync(
+        lambda: reloads("success") == 1, timeout=5, interval=0.05, message="the edited configuration to be reloaded"
+    )
     put_config_map(control_plane, namespace, DEFAULT_CONFIG_TEXT.replace("queue-scorer", "no-such-scorer"))
-    wait_for("the rejected configuration to be counted", lambda: reloads("failure") == 1, timeout=5)
+    eventually_sync(
+        lambda: reloads("failure") == 1, timeout=5, interval=0.05, message="the rejected configuration to be counted"
+    )
     status, _, _ = http("POST", f"{router}/v1/completions", {"model": MODEL, "prompt": "still", "max_tokens": 1})
     assert status == 200
 

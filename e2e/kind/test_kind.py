@@ -11,25 +11,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 
 from kvroute.bench.envoy import render
+from tests.support import eventually_sync, free_port
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kvroute"
 TAG = os.environ.get("KVROUTE_KIND_IMAGE_TAG", "e2e")
@@ -48,23 +47,6 @@ CHILDREN = {
     "service": SERVICE,
 }
 SHARED_PREFIX = "You are a careful assistant. Answer briefly and cite the manual. " * 30
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0, interval: float = 1.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def post(url: str, body: Any, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
@@ -270,7 +252,7 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
         objs = {kind: cluster.get(kind, name) for kind, name in CHILDREN.items()}
         return {k: v for k, v in objs.items() if v is not None} if all(objs.values()) else None
 
-    objs = wait_for("the pool's children", children)
+    objs = eventually_sync(children, timeout=120, interval=1.0, message="the pool's children")
     for kind, obj in objs.items():
         refs = obj["metadata"]["ownerReferences"]
         assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [("InferencePool", uid, True)], kind
@@ -283,7 +265,12 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
     assert args[:2] == ["router", "--mode"] and "--config-configmap" in args
     assert [p["port"] for p in objs["service"]["spec"]["ports"]] == [9002, 9003, 9090]
     assert all(rule["verbs"] == ["get", "list", "watch"] for rule in objs["role"]["rules"])
-    wait_for("Accepted=True", lambda: (c := cluster.condition("Accepted")) and c["status"] == "True")
+    eventually_sync(
+        lambda: (c := cluster.condition("Accepted")) and c["status"] == "True",
+        timeout=120,
+        interval=1.0,
+        message="Accepted=True",
+    )
     status = (cluster.get("schedulingprofile", PROFILE) or {})["status"]
     assert status["configHash"] == objs["configmap"]["metadata"]["annotations"]["kvroute.io/config-hash"]
     before = {k: (cluster.get(k, n) or {})["metadata"]["resourceVersion"] for k, n in CHILDREN.items()}
@@ -323,7 +310,9 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
             status, headers = post(url, {"model": MODEL, "prompt": prompt, "max_tokens": 2})
             return status, headers.get("x-inference-pod")
 
-        wait_for("a request through Envoy", lambda: complete("warm up")[0] == 200)
+        eventually_sync(
+            lambda: complete("warm up")[0] == 200, timeout=120, interval=1.0, message="a request through Envoy"
+        )
         results = [complete(f"request {i} " + "x" * 64) for i in range(20)]
         assert all(status == 200 for status, _ in results), results
         sticky = [complete(SHARED_PREFIX + f"question {i}") for i in range(10)]
@@ -348,11 +337,15 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
         worker.start()
         try:
             cluster.apply(profile(prefix_weight=5))
-            wait_for(
-                "the new weight in the ConfigMap",
+            eventually_sync(
                 lambda: cluster.config()["schedulingProfiles"][0]["plugins"][0]["weight"] == 5,
+                timeout=120,
+                interval=1.0,
+                message="the new weight in the ConfigMap",
             )
-            wait_for("the router to reload", lambda: reloads(metrics_url) > before_reloads)
+            eventually_sync(
+                lambda: reloads(metrics_url) > before_reloads, timeout=120, interval=1.0, message="the router to reload"
+            )
         finally:
             stop.set()
             worker.join(timeout=60)
@@ -380,14 +373,22 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
     bad = profile(prefix_weight=5)
     bad["spec"]["plugins"][0]["parameters"] = {"blockSizeTokens": "lots"}
     cluster.apply(bad)
-    condition = wait_for(
-        "Accepted=False", lambda: (c := cluster.condition("Accepted")) and c["status"] == "False" and c
+    condition = eventually_sync(
+        lambda: (c := cluster.condition("Accepted")) and c["status"] == "False" and c,
+        timeout=120,
+        interval=1.0,
+        message="Accepted=False",
     )
     assert condition["message"].startswith("spec.plugins[0].parameters.blockSizeTokens")
     config_after = cluster.get("configmap", CONFIG_MAP) or {}
     assert config_after["metadata"]["resourceVersion"] == config_before["metadata"]["resourceVersion"]
     cluster.apply(profile(prefix_weight=5))
-    wait_for("Accepted=True again", lambda: (c := cluster.condition("Accepted")) and c["status"] == "True")
+    eventually_sync(
+        lambda: (c := cluster.condition("Accepted")) and c["status"] == "True",
+        timeout=120,
+        interval=1.0,
+        message="Accepted=True again",
+    )
     log("8 invalid profiles", "CEL rejected; semantic Accepted=False; ConfigMap unchanged")
 
     # 9. Printer columns.
@@ -399,5 +400,10 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
 
     # 10. Deleting the pool collects the children.
     cluster.kubectl("delete", "inferencepool", POOL, "-n", NS)
-    wait_for("the children to be collected", lambda: all(cluster.get(k, n) is None for k, n in CHILDREN.items()))
+    eventually_sync(
+        lambda: all(cluster.get(k, n) is None for k, n in CHILDREN.items()),
+        timeout=120,
+        interval=1.0,
+        message="the children to be collected",
+    )
     log("10 pool deleted", "children garbage-collected")

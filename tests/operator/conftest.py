@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,18 +203,6 @@ async def settled(op: RunningOperator, quiet: float = 0.5, timeout: float = 10.0
         seen = count
         await asyncio.sleep(quiet)
     pytest.fail("the operator never settled")
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Polls `check` until it returns something truthy (and returns that), failing after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {getattr(check, '__name__', check)}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -17,13 +16,13 @@ from kvroute.operator.context import OperatorMetrics
 from kvroute.operator.crdgen import render_yaml, scheduling_profile_crd
 from kvroute.operator.settings import OperatorSettings
 from kvroute.router.config.builder import Registry
+from tests.support import eventually, free_port
 
 from .conftest import (
     DEPLOYMENTS,
     POOLS,
     RunningOperator,
     declare_resources,
-    eventually,
     operator_running,
     pool_object,
 )
@@ -70,15 +69,8 @@ def test_crd_command_prints_the_generated_crd(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out == render_yaml(scheduling_profile_crd())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_health_and_metrics_endpoints(kmock: Any, registry: Registry) -> None:
-    health, metrics = _free_port(), _free_port()
+    health, metrics = free_port(), free_port()
     async with operator_running(kmock, registry, health_port=health, metrics_port=metrics) as op:
         await op.create(POOLS, pool_object("llama"))
         await eventually(op.reconciles)
@@ -109,7 +101,7 @@ async def test_kvroute_operator_run_as_a_process(kmock: Any, tmp_path: Any) -> N
             }
         )
     )
-    health = _free_port()
+    health = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVROUTE_") and k != "KUBECONFIG"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "kvroute.cli", "operator", "run", "--kubeconfig", str(kubeconfig),

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from kvroute.simulator.engine.kv_events import AllBlocksCleared, BlockStored, KV
 from kvroute.simulator.engine.profiles import PROFILES
 from kvroute.simulator.engine.request import EngineRequest
 from kvroute.simulator.kv_publisher import KVEventPublisher
+from tests.support import eventually_sync
 
 TOPIC = "kv@127.0.0.1:8000@tiny-model"
 BLOCK = 16
@@ -68,15 +68,16 @@ def receive(sub: zmq.Socket[bytes], timeout_s: float = 5.0) -> Message:
 
 def join(pub: KVEventPublisher, sub: zmq.Socket[bytes]) -> int:
     """Publish probes until the subscriber receives one (PUB/SUB slow joiner); returns the next seq."""
-    deadline = time.monotonic() + 5.0
     probes = 0
-    while True:
+
+    def heard() -> bool:
+        nonlocal probes
         # The probe's timestamp is its index among all messages sent, so its seq must equal it.
         pub.publish([AllBlocksCleared()], float(probes))
         probes += 1
-        if sub.poll(20):
-            break
-        assert time.monotonic() < deadline, "the subscriber never joined"
+        return bool(sub.poll(20))
+
+    eventually_sync(heard, timeout=5.0, interval=0, message="the subscriber to join")
     message = receive(sub)
     assert message.seq == int(message.timestamp)
     while message.seq < pub.next_seq - 1:

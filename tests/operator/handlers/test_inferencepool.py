@@ -6,6 +6,7 @@ from __future__ import annotations
 import yaml
 
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
+from tests.support import eventually
 
 from ..conftest import (
     CONFIG_MAPS,
@@ -18,7 +19,6 @@ from ..conftest import (
     SERVICE_ACCOUNTS,
     SERVICES,
     RunningOperator,
-    eventually,
     pool_object,
     profile_object,
     settled,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
+from tests.support import eventually
 
 from ..conftest import (
     CONFIG_MAPS,
@@ -12,7 +13,6 @@ from ..conftest import (
     POOLS,
     PROFILES,
     RunningOperator,
-    eventually,
     pool_object,
     profile_object,
     profile_spec,

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from kvroute.router.config.builder import LoadedConfig
 from kvroute.router.config.reload import ConfigHolder
 from kvroute.router.framework import ApiKind, CycleState, Endpoint, LLMRequest, Plugin
 from kvroute.router.observability import RouterMetrics
+from tests.support import eventually
 
 Registry = dict[str, type[Plugin]]
 
@@ -144,14 +144,6 @@ def test_scheduler_metrics_follow_the_reloaded_configuration(registry: Registry)
     assert metrics.registry.get_sample_value("kvroute_scheduler_duration_seconds_count") == 1
     labels = {"extension_point": "Filter.filter", "plugin_type": "threshold-filter", "plugin_name": "threshold-filter"}
     assert metrics.registry.get_sample_value("kvroute_scheduler_plugin_duration_seconds_count", labels) == 1
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met within 5 s")
 
 
 async def test_watch_file_reloads_changes_and_survives_bad_ones(

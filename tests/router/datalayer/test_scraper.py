@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -13,6 +13,7 @@ from aiohttp import web
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.datalayer.scraper import ENGINE_TYPE_LABEL, MetricsScraper
 from kvroute.router.framework import Endpoint
+from tests.support import eventually, time_until
 
 VLLM_BODY = (
     "# TYPE vllm:num_requests_waiting gauge\n"
@@ -78,14 +79,12 @@ async def servers() -> AsyncIterator[list[FakeModelServer]]:
         await server.stop()
 
 
-async def test_metrics_arrive_fresh_with_a_monotonic_timestamp(
-    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
-) -> None:
+async def test_metrics_arrive_fresh_with_a_monotonic_timestamp(servers: list[FakeModelServer]) -> None:
     endpoint = servers[0].endpoint()
     pool = EndpointPool([endpoint])
 
     async with MetricsScraper(pool, interval=0.02):
-        took = await eventually(lambda: not endpoint.metrics.stale)
+        took = await time_until(lambda: not endpoint.metrics.stale)
         metrics = endpoint.metrics
 
     assert took < 0.2
@@ -108,7 +107,7 @@ async def test_polls_at_the_configured_interval(servers: list[FakeModelServer]) 
     ["status", "redirect", "garbage", "too-big", "timeout", "down"],
 )
 async def test_a_failed_scrape_marks_stale_and_keeps_the_last_values(
-    servers: list[FakeModelServer], breakage: str, eventually: Callable[..., Awaitable[float]]
+    servers: list[FakeModelServer], breakage: str
 ) -> None:
     server = servers[0]
     endpoint = server.endpoint()
@@ -139,9 +138,7 @@ async def test_a_failed_scrape_marks_stale_and_keeps_the_last_values(
             assert endpoint.metrics.waiting == 4
 
 
-async def test_metrics_older_than_the_staleness_window_are_marked_stale(
-    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
-) -> None:
+async def test_metrics_older_than_the_staleness_window_are_marked_stale(servers: list[FakeModelServer]) -> None:
     server = servers[0]
     endpoint = server.endpoint()
     pool = EndpointPool([endpoint])
@@ -151,16 +148,14 @@ async def test_metrics_older_than_the_staleness_window_are_marked_stale(
         server.delay = 0.1  # keeps the next scrape in flight long enough to look at the metrics meanwhile
         time.sleep(1.2)  # noqa: ASYNC251 - stalls the event loop on purpose, as an overloaded router would
 
-        took = await eventually(lambda: endpoint.metrics.stale, within=0.05)
+        took = await time_until(lambda: endpoint.metrics.stale, timeout=0.05)
         await eventually(lambda: not endpoint.metrics.stale)
 
     assert took < 0.05
     assert endpoint.metrics.waiting == 3
 
 
-async def test_engine_type_label_selects_the_families(
-    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
-) -> None:
+async def test_engine_type_label_selects_the_families(servers: list[FakeModelServer]) -> None:
     servers[0].body = SGLANG_BODY
     sglang = servers[0].endpoint(**{ENGINE_TYPE_LABEL: "sglang"})
     plain = servers[1].endpoint()
@@ -174,7 +169,7 @@ async def test_engine_type_label_selects_the_families(
 
 
 async def test_default_engine_applies_to_unlabelled_and_unknown_engines(
-    servers: list[FakeModelServer], caplog: pytest.LogCaptureFixture, eventually: Callable[..., Awaitable[float]]
+    servers: list[FakeModelServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     servers[0].body = servers[1].body = SGLANG_BODY
     unlabelled = servers[0].endpoint()
@@ -191,7 +186,6 @@ async def test_default_engine_applies_to_unlabelled_and_unknown_engines(
 
 async def test_tasks_follow_the_pool_and_stop_leaves_none(
     servers: list[FakeModelServer],
-    eventually: Callable[..., Awaitable[float]],
     scrape_tasks: Callable[[], set[asyncio.Task[object]]],
 ) -> None:
     first, second, third = (server.endpoint() for server in servers)
@@ -220,9 +214,7 @@ async def test_tasks_follow_the_pool_and_stop_leaves_none(
     assert scrape_tasks() == set()
 
 
-async def test_task_count_stays_bounded_under_pool_churn(
-    eventually: Callable[..., Awaitable[float]], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
-) -> None:
+async def test_task_count_stays_bounded_under_pool_churn(scrape_tasks: Callable[[], set[asyncio.Task[object]]]) -> None:
     # Nothing listens on these ports: every scrape fails fast, which is fine for counting tasks.
     pool = EndpointPool()
 
@@ -236,9 +228,7 @@ async def test_task_count_stays_bounded_under_pool_churn(
     assert scrape_tasks() == set()
 
 
-async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(
-    servers: list[FakeModelServer], eventually: Callable[..., Awaitable[float]]
-) -> None:
+async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(servers: list[FakeModelServer]) -> None:
     pool = EndpointPool([servers[0].endpoint(), servers[1].endpoint()])
 
     async with MetricsScraper(pool, interval=0.01):
@@ -252,7 +242,6 @@ async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(
 
 async def test_relabelled_endpoint_receives_the_metrics(
     servers: list[FakeModelServer],
-    eventually: Callable[..., Awaitable[float]],
     scrape_tasks: Callable[[], set[asyncio.Task[object]]],
 ) -> None:
     old = servers[0].endpoint()

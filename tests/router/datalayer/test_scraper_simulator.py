@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.datalayer.scraper import MetricsScraper
 from kvroute.router.framework import Endpoint
+from tests.support import eventually, time_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +33,12 @@ def endpoints_of(sims: list[Any]) -> list[Endpoint]:
 
 
 async def test_metrics_arrive_within_200_ms(
-    sims: list[Any], eventually: Callable[..., Awaitable[float]], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
 ) -> None:
     pool = EndpointPool(endpoints_of(sims))
 
     async with MetricsScraper(pool):
-        took = await eventually(lambda: not any(e.metrics.stale for e in pool.snapshot()), within=2.0)
+        took = await time_until(lambda: not any(e.metrics.stale for e in pool.snapshot()), timeout=2.0)
         metrics = [e.metrics for e in pool.snapshot()]
 
     assert took < 0.2
@@ -50,7 +51,7 @@ async def test_metrics_arrive_within_200_ms(
 
 
 async def test_a_request_in_flight_shows_as_running_on_its_endpoint_only(
-    sims: list[Any], eventually: Callable[..., Awaitable[float]], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
 ) -> None:
     busy, idle = endpoints_of(sims)
     pool = EndpointPool([busy, idle])
@@ -63,26 +64,26 @@ async def test_a_request_in_flight_shows_as_running_on_its_endpoint_only(
             assert response.status == 200
             await response.content.readline()  # the first token is out: the request is in the running batch
 
-            await eventually(lambda: busy.metrics.running >= 1 and not busy.metrics.stale, within=1.0)
+            await eventually(lambda: busy.metrics.running >= 1 and not busy.metrics.stale, timeout=1.0)
             assert idle.metrics.running == 0
             response.close()  # client goes away: the simulator aborts the request
 
-        await eventually(lambda: busy.metrics.running == 0, within=5.0)
+        await eventually(lambda: busy.metrics.running == 0, timeout=5.0)
     assert scrape_tasks() == set()
 
 
 async def test_a_killed_simulator_turns_stale_within_the_staleness_window(
-    sims: list[Any], eventually: Callable[..., Awaitable[float]], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
 ) -> None:
     doomed, survivor = endpoints_of(sims)
     pool = EndpointPool([doomed, survivor])
     staleness = 2.0
 
     async with MetricsScraper(pool, staleness=staleness):
-        await eventually(lambda: not doomed.metrics.stale and not survivor.metrics.stale, within=2.0)
+        await eventually(lambda: not doomed.metrics.stale and not survivor.metrics.stale, timeout=2.0)
         os.kill(sims[0].pid, signal.SIGKILL)
 
-        took = await eventually(lambda: doomed.metrics.stale, within=staleness)
+        took = await time_until(lambda: doomed.metrics.stale, timeout=staleness)
         await asyncio.sleep(0.2)
         survivor_fresh = not survivor.metrics.stale
 

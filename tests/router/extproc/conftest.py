@@ -8,16 +8,9 @@ Test modules cannot import this conftest by name; they get the helpers through t
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import grpc
 import pytest
@@ -30,6 +23,7 @@ from kvroute.router.config.builder import Registry
 from kvroute.router.extproc import protocol
 from kvroute.router.framework import Endpoint, EndpointMetrics
 from kvroute.router.runtime import RouterCore
+from tests.support import ServerProcess, free_port, kvroute_command
 
 CONFIG = """\
 apiVersion: kvroute.io/v1alpha1
@@ -175,36 +169,21 @@ def extproc_core(registry: Registry) -> RouterCore:
 _HOSTS = itertools.cycle(f"127.0.10.{i}" for i in range(1, 255))
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RouterProcess:
-    """`kvroute router --mode ext-proc` on fixed ports, so that it can be restarted where Envoy expects it."""
+class RouterProcess(ServerProcess):
+    """`kvroute router --mode ext-proc` on fixed ports, so that it can be restarted where Envoy expects it; ready
+    when its gRPC health service reports `readiness` SERVING."""
 
     def __init__(self, endpoints: str, *args: str) -> None:
         self.host = next(_HOSTS)
         self.port, self.health_port, self.metrics_port = (free_port(self.host) for _ in range(3))
-        self.argv = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "ext-proc", "--endpoints", endpoints]
-        self.argv += ["--host", self.host, "--grpc-port", str(self.port), "--grpc-health-port", str(self.health_port)]
-        self.argv += ["--metrics-port", str(self.metrics_port), "--scrape-interval", "50ms", *args]
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        argv = kvroute_command("router", "--mode", "ext-proc", "--endpoints", endpoints)
+        argv += ["--host", self.host, "--grpc-port", str(self.port), "--grpc-health-port", str(self.health_port)]
+        argv += ["--metrics-port", str(self.metrics_port), "--scrape-interval", "50ms", *args]
+        super().__init__(f"extproc-{self.host}", argv, ready=self.ready, grace=20.0)
 
-    def start(self, timeout: float = 20.0) -> None:
-        self._log = tempfile.NamedTemporaryFile(prefix="kvroute-extproc-", suffix=".log", delete=False)  # noqa: SIM115
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.output()}")
-            if self.ready():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"router not ready after {timeout}s:\n{self.output()}")
+    def start(self, timeout: float = 20.0) -> RouterProcess:
+        super().start(timeout)
+        return self
 
     def ready(self) -> bool:
         with grpc.insecure_channel(f"{self.host}:{self.health_port}") as channel:
@@ -215,23 +194,6 @@ class RouterProcess:
             except grpc.RpcError:
                 return False
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def output(self) -> str:
-        return Path(self._log.name).read_text(errors="replace") if self._log is not None else ""
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-            Path(self._log.name).unlink(missing_ok=True)
-            self._log = None
 
     def metric(self, text: str) -> float:
         """The value of the first /metrics line starting with `text` (0 when absent)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import aiohttp
 import pytest
 
 from kvroute.router.config.recommended import recommended_config_text
+from tests.support import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,6 @@ schedulingProfiles:
       - {pluginRef: no-hit-lru-scorer, weight: 2}
       - {pluginRef: max-score-picker}
 """
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +257,7 @@ async def test_light_mode_through_envoy(start_router: Any, start_envoy: Any) -> 
 async def test_both_front_doors_share_one_router(start_router: Any, start_envoy: Any, prefix_config: Path) -> None:
     router = start_router("--config", str(prefix_config), "--mode", "both", launch=False)
     proxy_port = free_port(router.host)
-    router.argv += ["--port", str(proxy_port)]
+    router.argv.extend(["--port", str(proxy_port)])
     router.start()
     gateway = start_envoy(router)
     prompt = "Translate the following paragraph into German, keeping the tone. " * 30

@@ -12,20 +12,15 @@ server's, which computed the prompt. With CI=true a missing Envoy fails these te
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import pytest
+
+from tests.support import Processes, free_port, kvroute_command
 
 pytestmark = pytest.mark.integration
 
@@ -49,63 +44,6 @@ schedulingProfiles:
 """
 
 
-class SidecarProcess:
-    """`kvroute sidecar` in front of one decode simulator, on the next port of the simulator's address."""
-
-    def __init__(self, decoder: Any) -> None:
-        self.host = decoder.host
-        with socket_on(self.host) as port:
-            self.port = port
-        argv = [sys.executable, "-m", "kvroute.cli", "sidecar", "--host", self.host, "--port", str(self.port)]
-        argv += ["--decoder-url", decoder.base_url, "--prefill-timeout", "20s"]
-        self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="kvroute-sidecar-", delete=False)  # noqa: SIM115
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"sidecar not ready after {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
-
-
-class socket_on:
-    """A free port on `host`, released when the block ends."""
-
-    def __init__(self, host: str) -> None:
-        import socket
-
-        self._sock = socket.socket()
-        self._sock.bind((host, 0))
-
-    def __enter__(self) -> int:
-        port: int = self._sock.getsockname()[1]
-        return port
-
-    def __exit__(self, *exc: object) -> None:
-        self._sock.close()
-
-
 @pytest.fixture
 def pd_gateway(
     sim_fleet: Any, extproc_router: Any, envoy_gateway: Any, tmp_path: Path
@@ -113,17 +51,19 @@ def pd_gateway(
     """(prefill simulator, decode simulator, Envoy) with the sidecar in front of the decode simulator."""
     prefill = sim_fleet.start(*SIM, "--role", "prefill")
     decode = sim_fleet.start(*SIM, "--role", "decode")
-    sidecar = SidecarProcess(decode)
-    try:
-        sidecar.wait_ready()
+    # The decode pod's sidecar, on the next port of the decode simulator's address.
+    host, port = decode.host, free_port(decode.host)
+    argv = kvroute_command("sidecar", "--host", host, "--port", str(port), "--decoder-url", decode.base_url)
+    with Processes() as processes:
+        processes.start(
+            "sidecar", [*argv, "--prefill-timeout", "20s"], health_url=f"http://{host}:{port}/health", timeout=20.0
+        )
         config = tmp_path / "pd.yaml"
         config.write_text(PD_CONFIG)
-        pool = [(prefill.host, prefill.port), (sidecar.host, sidecar.port)]
-        spec = f"{prefill.host}:{prefill.port};role=prefill,{sidecar.host}:{sidecar.port};role=decode"
+        pool = [(prefill.host, prefill.port), (host, port)]
+        spec = f"{prefill.host}:{prefill.port};role=prefill,{host}:{port};role=decode"
         router = extproc_router(spec, "--config", str(config))
         yield prefill, decode, envoy_gateway(router, pool)
-    finally:
-        sidecar.stop()
 
 
 async def metric(sim: Any, pattern: str) -> float:

@@ -21,6 +21,7 @@ from kvroute.router.extproc import tls
 from kvroute.router.extproc.server import ExtProcDoor, ExtProcSettings
 from kvroute.router.framework import EndpointMetrics
 from kvroute.router.runtime import RouterCore
+from tests.support import eventually
 
 _HOSTS = itertools.cycle(f"127.0.9.{i}" for i in range(1, 255))
 BODY = b'{"model": "m", "prompt": "hello"}'
@@ -79,13 +80,6 @@ async def doors(extproc_core: RouterCore, tmp_path: Path) -> AsyncIterator[Calla
 
 def record(core: RouterCore) -> Any:
     return core.holder.current.plugins["recording-hook"].record  # type: ignore[attr-defined]
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def routed(running: Running, call: Any, envoy_messages: Any) -> str:

@@ -25,6 +25,7 @@ from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.predicted_latency import PredictedLatencyScorer
 from kvroute.router.requestcontrol.director import Director
 from kvroute.router.requestcontrol.handle import RequestHandle
+from tests.support import eventually
 
 from .conftest import LOAD_SCORERS_CONFIG
 
@@ -118,17 +119,9 @@ async def replicas() -> AsyncIterator[Start]:
 
 # The load scorers' configuration (token-load) and the recommended one (predicted-latency): both share their
 # in-flight charges with the peers.
+WAIT = 20.0  # generous: the machine running the tests may be loaded
+
 CONFIGS = pytest.mark.parametrize("config", [LOAD_SCORERS_CONFIG, None], ids=["load-scorers", "recommended"])
-
-
-async def eventually(what: str, predicate: Callable[[], bool], within: float = 20.0) -> None:
-    """Generous: the machine running the tests may be loaded."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def connect(*replicas: Replica) -> None:
@@ -138,7 +131,9 @@ async def connect(*replicas: Replica) -> None:
         replica.transport.set_peers(addresses)
     for replica in replicas:
         others = {r.name for r in replicas} - {replica.name}
-        await eventually(f"{replica.name} hears {others}", lambda r=replica, o=others: set(r.sync.peers) == o)
+        await eventually(
+            lambda r=replica, o=others: set(r.sync.peers) == o, WAIT, message=f"{replica.name} hears {others}"
+        )
 
 
 async def test_a_peer_routes_a_known_prefix_where_the_replica_that_saw_it_sent_it(replicas: Start) -> None:
@@ -148,14 +143,18 @@ async def test_a_peer_routes_a_known_prefix_where_the_replica_that_saw_it_sent_i
     # Cold prompts spread over the pool by the no-hit LRU: four prompts, four endpoints.
     picks_a = [a.serve(prompt(n)) for n in range(4)]
     assert sorted(picks_a) == sorted(e.id for e in ENDPOINTS)
-    await eventually("b applies a's 4 decisions and completions", lambda: b.sync.counters.applied_records >= 8)
+    await eventually(
+        lambda: b.sync.counters.applied_records >= 8, WAIT, message="b applies a's 4 decisions and completions"
+    )
     assert b.sync.open_peer_requests == 0
 
     # b never saw them, yet sends each where a did: its prefix index holds a's decisions.
     assert [b.serve(prompt(n)) for n in range(4)] == picks_a
     # b's own decisions reach a; a replica's own batches (it subscribes to itself too) are ignored.
     applied_by_a = a.sync.counters.applied_records
-    await eventually("a applies b's decisions", lambda: a.sync.counters.applied_records >= applied_by_a + 8)
+    await eventually(
+        lambda: a.sync.counters.applied_records >= applied_by_a + 8, WAIT, message="a applies b's decisions"
+    )
     assert a.transport.malformed == b.transport.malformed == 0
     assert "a" not in a.sync.peers and "b" not in b.sync.peers
 
@@ -168,11 +167,11 @@ async def test_in_flight_load_is_shared_and_released_on_completion(replicas: Sta
     handle = a.route(prompt(7))
     target = handle.endpoint.id
     assert not a.idle(target)
-    await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
+    await eventually(lambda: b.sync.open_peer_requests == 1, WAIT, message="b charges a's request")
     assert b.load(target) == a.load(target)
 
     handle.complete()
-    await eventually("b releases it", lambda: b.sync.open_peer_requests == 0)
+    await eventually(lambda: b.sync.open_peer_requests == 0, WAIT, message="b releases it")
     assert b.idle(target)
 
 
@@ -184,7 +183,7 @@ async def test_malformed_messages_are_counted_and_the_loop_goes_on(replicas: Sta
     try:
         port = stray.bind_to_random_port(f"tcp://{host}")
         b.transport.set_peers([a.transport.address, f"{host}:{port}"])
-        await eventually("b hears a", lambda: "a" in b.sync.peers)
+        await eventually(lambda: "a" in b.sync.peers, WAIT, message="b hears a")
 
         garbage = [
             [b"\xc1 not msgpack"],
@@ -201,7 +200,7 @@ async def test_malformed_messages_are_counted_and_the_loop_goes_on(replicas: Sta
         assert set(b.sync.peers) == {"a"}  # nothing of the stray's became a peer
 
         picks = [a.serve(prompt(n)) for n in range(10, 13)]
-        await eventually("b still applies a's batches", lambda: b.sync.counters.applied_records >= 6)
+        await eventually(lambda: b.sync.counters.applied_records >= 6, WAIT, message="b still applies a's batches")
         assert [b.serve(prompt(n)) for n in range(10, 13)] == picks
     finally:
         stray.close()
@@ -214,7 +213,7 @@ async def test_a_restarted_peer_is_recognised_and_its_predecessors_requests_rele
     a, b = await replicas("a", config=config), await replicas("b", config=config)
     await connect(a, b)
     target = a.route(prompt(20)).endpoint.id  # never completed: a dies with it in flight
-    await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
+    await eventually(lambda: b.sync.open_peer_requests == 1, WAIT, message="b charges a's request")
     assert not b.idle(target)
 
     host, _, port = a.transport.address.rpartition(":")
@@ -222,7 +221,9 @@ async def test_a_restarted_peer_is_recognised_and_its_predecessors_requests_rele
     # The same replica id on the same address, as a pod restarting in place: a new incarnation.
     again = await replicas("a", host=host, port=int(port), config=config)
     again.transport.set_peers([b.transport.address])
-    await eventually("b hears the new a", lambda: b.sync.peers.get("a") is not None and b.sync.open_peer_requests == 0)
+    await eventually(
+        lambda: b.sync.peers.get("a") is not None and b.sync.open_peer_requests == 0, WAIT, message="b hears the new a"
+    )
     assert b.sync.peers["a"].incarnation == again.sync.incarnation != a.sync.incarnation
     assert b.idle(target)
 
@@ -232,11 +233,11 @@ async def test_a_silent_peer_expires_and_its_requests_are_released(replicas: Sta
     a, b = await replicas("a", config=config), await replicas("b", peer_timeout=0.5, config=config)
     await connect(a, b)
     target = a.route(prompt(30)).endpoint.id
-    await eventually("b charges a's request", lambda: b.sync.open_peer_requests == 1)
+    await eventually(lambda: b.sync.open_peer_requests == 1, WAIT, message="b charges a's request")
     assert not b.idle(target)
 
     await a.transport.stop()
-    await eventually("b forgets a", lambda: not b.sync.peers, within=10.0)
+    await eventually(lambda: not b.sync.peers, 10.0, message="b forgets a")
     assert b.sync.open_peer_requests == 0
     assert b.sync.counters.expired_peers == 1
     assert b.idle(target)
@@ -255,7 +256,7 @@ async def test_a_peer_no_longer_listed_is_no_longer_heard(replicas: Start) -> No
     b.transport.set_peers([a.transport.address])
     assert b.transport.connected == {a.transport.address}
     a.serve(prompt(41))
-    await eventually("b hears a again", lambda: b.sync.counters.received_batches > received)
+    await eventually(lambda: b.sync.counters.received_batches > received, WAIT, message="b hears a again")
 
 
 async def test_the_metrics_follow_the_exchange(replicas: Start) -> None:
@@ -264,7 +265,7 @@ async def test_the_metrics_follow_the_exchange(replicas: Start) -> None:
     metrics.register_fleet(b.transport.stats)
     await connect(a, b)
     a.serve(prompt(50))
-    await eventually("b applies a's request", lambda: b.sync.counters.applied_records >= 2)
+    await eventually(lambda: b.sync.counters.applied_records >= 2, WAIT, message="b applies a's request")
     b.serve(prompt(51))
     await asyncio.sleep(0.05)
 

@@ -10,19 +10,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -36,6 +27,7 @@ from kvroute.router.proxy.server import ProxyDoor, ProxyDoorSettings
 from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 from kvroute.router.runtime import CoreSettings, Router, RouterCore
+from tests.support import Processes, ServerProcess, free_port, kvroute_command
 
 # Fake model servers on 127.0.3.x, proxies on 127.0.4.x: away from the simulators' 127.0.0.x.
 _FAKE_HOSTS = itertools.cycle(f"127.0.3.{i}" for i in range(1, 255))
@@ -211,21 +203,6 @@ async def proxies(registry: Registry) -> AsyncIterator[Callable[..., Awaitable[P
             await server.stop()
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def wait_for() -> Callable[..., Awaitable[None]]:
-    """`await wait_for(predicate, within=3.0)`."""
-    return eventually
-
-
 @dataclass(frozen=True)
 class Kit:
     """Helpers for test modules, which cannot import this conftest by name."""
@@ -241,104 +218,48 @@ def kit() -> Kit:
     return Kit()
 
 
-class RouterProcess:
-    """One `kvroute router --mode proxy` subprocess."""
+class RouterProcess(ServerProcess):
+    """One `kvroute router --mode proxy` subprocess, ready once `/readyz` answers 200."""
 
-    def __init__(self, host: str, port: int, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
+    def __init__(self, host: str, port: int, argv: list[str]) -> None:
+        super().__init__(f"router-{host}-{port}", argv, health_url=f"http://{host}:{port}/readyz", grace=15.0)
         self.host = host
         self.port = port
-        self.process = process
-        self._log = log
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def output(self) -> str:
-        return Path(self._log.name).read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"router on {self.base_url} not ready after {timeout}s:\n{self.output()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class RouterFleet:
-    """Starts `kvroute router --mode proxy` subprocesses and stops every one of them (by PID) at the end."""
-
-    def __init__(self) -> None:
-        self.processes: list[RouterProcess] = []
+class RouterFleet(Processes):
+    """Starts `kvroute router --mode proxy` subprocesses and stops every one of them at the end."""
 
     def __call__(
         self, endpoints: str, *args: str, config: Path | None = None, host: str | None = None
     ) -> RouterProcess:
-        """Starts a router for `endpoints` (an `--endpoints` value) on `host` (default: the next 127.0.4.x), ready
-        once `/readyz` answers 200."""
+        """Starts a router for `endpoints` (an `--endpoints` value) on `host` (default: the next 127.0.4.x)."""
         host = host or next(_PROXY_HOSTS)
-        port = _free_port(host)
-        command = [sys.executable, "-m", "kvroute.cli", "router", "--mode", "proxy", "--endpoints", endpoints]
-        command += ["--host", host, "--port", str(port), *args]
+        port = free_port(host)
+        argv = kvroute_command("router", "--mode", "proxy", "--endpoints", endpoints)
+        argv += ["--host", host, "--port", str(port), *args]
         if config is not None:
-            command += ["--config", str(config)]
-        log = tempfile.NamedTemporaryFile(prefix="kvroute-router-", suffix=".log", delete=False)  # noqa: SIM115
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        router = RouterProcess(host, port, process, log)
-        self.processes.append(router)
-        router.wait_ready()
+            argv += ["--config", str(config)]
+        router = RouterProcess(host, port, argv)
+        self.started.append(router)
+        router.start()
         return router
-
-    def stop_all(self) -> None:
-        while self.processes:
-            self.processes.pop().stop()
 
 
 @pytest.fixture
 def routers() -> Iterator[RouterFleet]:
-    fleet = RouterFleet()
-    try:
+    with RouterFleet() as fleet:
         yield fleet
-    finally:
-        fleet.stop_all()
 
 
 @pytest.fixture(scope="module")
 def module_routers() -> Iterator[RouterFleet]:
-    fleet = RouterFleet()
-    try:
+    with RouterFleet() as fleet:
         yield fleet
-    finally:
-        fleet.stop_all()
 
 
 def endpoints_spec(sims: Iterable[Any], role: str | None = None) -> str:

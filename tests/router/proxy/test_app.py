@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support import eventually
+
 from .conftest import ProxyServer
 
 MODEL = "fake-model"
@@ -33,7 +35,6 @@ BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 2}
 
 Fakes = Callable[..., Awaitable[Any]]
 Proxies = Callable[..., Awaitable[ProxyServer]]
-WaitFor = Callable[..., Awaitable[None]]
 
 
 def record(proxy: ProxyServer) -> Any:
@@ -192,7 +193,7 @@ async def test_an_upstream_failing_mid_stream_ends_the_stream_with_an_error_even
 
 
 async def test_a_client_leaving_mid_stream_completes_the_request_once_and_frees_the_upstream(
-    fakes: Fakes, proxies: Proxies, wait_for: WaitFor, kit: Any
+    fakes: Fakes, proxies: Proxies, kit: Any
 ) -> None:
     async def endless(request: web.Request, server: Any) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -210,7 +211,7 @@ async def test_a_client_leaving_mid_stream_completes_the_request_once_and_frees_
         await response.content.readany()
         response.close()
 
-    await wait_for(lambda: bool(record(proxy).completions))
+    await eventually(lambda: bool(record(proxy).completions))
     await asyncio.wait_for(fake.disconnected.wait(), 3)
     await asyncio.sleep(0.1)
     [completion] = record(proxy).completions
@@ -219,9 +220,7 @@ async def test_a_client_leaving_mid_stream_completes_the_request_once_and_frees_
     assert sample(proxy, "kvroute_requests_in_flight", endpoint=fake.endpoint.id) == 0
 
 
-async def test_a_client_leaving_before_the_answer_completes_the_request_once(
-    fakes: Fakes, proxies: Proxies, wait_for: WaitFor
-) -> None:
+async def test_a_client_leaving_before_the_answer_completes_the_request_once(fakes: Fakes, proxies: Proxies) -> None:
     async def thinks(request: web.Request, server: Any) -> web.StreamResponse:
         await asyncio.sleep(30)
         return web.json_response({})
@@ -233,7 +232,7 @@ async def test_a_client_leaving_before_the_answer_completes_the_request_once(
         with pytest.raises(TimeoutError):
             await client.post(f"{proxy.base_url}/v1/completions", json=BODY, timeout=aiohttp.ClientTimeout(total=0.2))
 
-    await wait_for(lambda: bool(record(proxy).completions))
+    await eventually(lambda: bool(record(proxy).completions))
     await asyncio.wait_for(fake.disconnected.wait(), 3)
     assert [c.error for c in record(proxy).completions] == ["client disconnected"]
 
@@ -287,13 +286,11 @@ async def test_models_are_the_union_of_the_endpoints_models(fakes: Fakes, proxie
     assert sorted(card["id"] for card in body["data"]) == ["base", "lora-1", "lora-2"]
 
 
-async def test_ready_once_an_endpoint_has_fresh_metrics(
-    fakes: Fakes, proxies: Proxies, wait_for: WaitFor, kit: Any
-) -> None:
+async def test_ready_once_an_endpoint_has_fresh_metrics(fakes: Fakes, proxies: Proxies, kit: Any) -> None:
     fake = await fakes("pod")
     unready = await proxies([kit.dead_endpoint()], CONFIG)
     ready = await proxies([fake.endpoint, kit.dead_endpoint()], CONFIG)
-    await wait_for(lambda: not ready.pool.snapshot()[0].metrics.stale)
+    await eventually(lambda: not ready.pool.snapshot()[0].metrics.stale)
 
     async with aiohttp.ClientSession() as client:
         async with client.get(f"{unready.base_url}/readyz") as no:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from kvroute.router.config import recommended
+from tests.support import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +63,11 @@ def start_pair(routers: Callable[..., Any], endpoints: str, *, sync: bool, timeo
         started.append(routers(endpoints, *flags, config=RECOMMENDED, host=host))
     if sync:
         for router in started:
-            wait(f"{router.base_url} hears its peer", lambda r=router: metric(r, "kvroute_fleet_peers") == 1)
+            eventually_sync(
+                lambda r=router: metric(r, "kvroute_fleet_peers") == 1,
+                WAIT,
+                message=f"{router.base_url} hears its peer",
+            )
     return started[0], started[1]
 
 
@@ -74,14 +79,6 @@ def metrics_text(router: Any) -> str:
 def metric(router: Any, name: str) -> float | None:
     match = re.search(rf"^{name} (\S+)$", metrics_text(router), re.MULTILINE)
     return float(match.group(1)) if match else None
-
-
-def wait(what: str, probe: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.05)
 
 
 def idle(router: Any) -> bool:
@@ -100,7 +97,8 @@ def settled(router: Any, at_least: int) -> None:
         stable = len(last) > 20 and last[-21] == applied
         return applied >= at_least and stable and metric(router, "kvroute_fleet_peer_requests_open") == 0
 
-    wait(f"{router.base_url} to apply its peer's records", quiet)
+    # One poll every 0.05s: 20 polls without news are the quiet second.
+    eventually_sync(quiet, WAIT, interval=0.05, message=f"{router.base_url} to apply its peer's records")
 
 
 def serve(router: Any, prompt: str) -> str:
@@ -113,7 +111,7 @@ def serve(router: Any, prompt: str) -> str:
         assert response.status == 200
         pod = response.headers["x-inference-pod"]
         response.read()
-    wait("the request to complete in the router", lambda: idle(router))
+    eventually_sync(lambda: idle(router), WAIT, message="the request to complete in the router")
     return str(pod)
 
 
@@ -170,12 +168,14 @@ def test_a_dead_peers_in_flight_request_is_released_after_the_peer_timeout(
     )
     with urllib.request.urlopen(request, timeout=30) as stream:
         assert stream.readline().startswith(b"data: ")
-        wait("b to know a's request in flight", lambda: metric(b, "kvroute_fleet_peer_requests_open") == 1)
+        eventually_sync(
+            lambda: metric(b, "kvroute_fleet_peer_requests_open") == 1, WAIT, message="b to know a's request in flight"
+        )
 
         os.kill(a.pid, signal.SIGKILL)
-        a.process.wait(timeout=10)
+        a.wait(timeout=10)
         killed = time.monotonic()
-        wait("b to release it", lambda: metric(b, "kvroute_fleet_peer_requests_open") == 0, timeout=30)
+        eventually_sync(lambda: metric(b, "kvroute_fleet_peer_requests_open") == 0, 30, message="b to release it")
         released = time.monotonic() - killed
 
     assert metric(b, "kvroute_fleet_peers_expired_total") == 1

@@ -9,7 +9,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from kvroute.router.framework import Endpoint
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
+from tests.support import eventually
 
 from .conftest import ProxyServer, ProxySettings
 
@@ -124,7 +125,7 @@ def _scorers(server: ProxyServer) -> tuple[ActiveRequestScorer, ActiveBlocksScor
 
 
 async def test_an_endpoint_killed_under_load_costs_no_request_and_leaks_no_state(
-    sim_fleet: Any, wait_for: Callable[..., Awaitable[None]]
+    sim_fleet: Any,
 ) -> None:
     sims = [sim_fleet.start(*FAST) for _ in range(4)]
     victim = sims[1]
@@ -142,7 +143,7 @@ async def test_an_endpoint_killed_under_load_costs_no_request_and_leaks_no_state
 
         # The whole load takes well under a second and each endpoint has 0 to 4 requests in flight from one moment
         # to the next: the kill waits for a moment with some on the victim, and follows the reading at once.
-        await wait_for(lambda: len(done) >= 60 and (in_flight_on(victim_id) or 0) > 0, within=20)
+        await eventually(lambda: len(done) >= 60 and (in_flight_on(victim_id) or 0) > 0, timeout=20, interval=0.01)
         in_flight_on_victim = in_flight_on(victim_id)
         os.kill(victim.pid, signal.SIGKILL)
         completed_at_kill = len(done)

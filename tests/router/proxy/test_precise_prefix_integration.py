@@ -18,6 +18,8 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support import eventually
+
 pytestmark = pytest.mark.integration
 
 MODEL = "kvroute-test"
@@ -25,6 +27,7 @@ SIM_ARGS = ("--model", MODEL, "--time-scale", "0.05")
 BLOCK = 16  # the simulator profile's block size: 16 tokens, 64 characters with its four-character tokens
 _HOSTS = itertools.cycle(f"127.0.13.{i}" for i in range(1, 250))
 _FRESH = itertools.count()
+WAIT = 20.0  # a loaded machine gets a wide margin
 
 CONFIG = """\
 apiVersion: kvroute.io/v1alpha1
@@ -90,16 +93,6 @@ async def metric(session: aiohttp.ClientSession, router: Any, name: str) -> floa
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
-async def until(check: Callable[[], Any], within: float = 20.0) -> None:
-    """Waits until the awaitable `check()` returns true (a loaded machine gets a wide margin)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.05)
-
-
 async def index_size(session: aiohttp.ClientSession, router: Any) -> float:
     return await metric(session, router, "kvroute_kv_index_entries")
 
@@ -118,7 +111,7 @@ async def events_flow(session: aiohttp.ClientSession, router: Any, sims: list[An
                 await asyncio.sleep(0.05)
             return False
 
-        await until(indexed)
+        await eventually(indexed, WAIT)
 
 
 async def test_per_endpoint_mode_routes_to_the_engine_that_cached_the_prompt(
@@ -137,7 +130,7 @@ async def test_per_endpoint_mode_routes_to_the_engine_that_cached_the_prompt(
         topics = ["geology", "astronomy", "botany"]
         for sim, topic in zip(sims, topics, strict=True):
             assert await pod_of(session, sim.base_url, prompt(topic)) == sim.pod_name  # straight to the engine
-        await until(lambda: more_than(session, router, held + 3 * 11))
+        await eventually(lambda: more_than(session, router, held + 3 * 11), WAIT)
 
         routed = [[await pod_of(session, router.base_url, prompt(t)) for _ in range(2)] for t in topics]
 
@@ -166,7 +159,7 @@ async def test_central_mode_with_map_format_events_and_a_sequence_gap(
         held = await index_size(session, router)
         for sim, topic in zip(sims, ["rivers", "glaciers", "deltas"], strict=True):
             await pod_of(session, sim.base_url, prompt(topic))
-        await until(lambda: more_than(session, router, held + 3 * 11))
+        await eventually(lambda: more_than(session, router, held + 3 * 11), WAIT)
         routed = [await pod_of(session, router.base_url, prompt(t)) for t in ["rivers", "glaciers", "deltas"]]
         assert routed == [sim.pod_name for sim in sims]
 
@@ -183,7 +176,7 @@ async def test_central_mode_with_map_format_events_and_a_sequence_gap(
                 publisher.send_multipart([topic, struct.pack(">Q", next(sequence)), payload])
                 return await metric(session, router, "kvroute_kv_events_sequence_gaps_total") >= 2
 
-            await until(gaps_seen)
+            await eventually(gaps_seen, WAIT)
         finally:
             publisher.close(linger=0)
         assert await metric(session, router, "kvroute_kv_events_malformed_messages_total") == 0
@@ -210,7 +203,7 @@ async def test_a_restarted_publisher_loses_its_entries(
             await events_flow(session, router, [restarted])
         held = await index_size(session, router)
         await pod_of(session, restarted.base_url, prompt("volcanoes"))
-        await until(lambda: more_than(session, router, held + 11))
+        await eventually(lambda: more_than(session, router, held + 11), WAIT)
         assert await pod_of(session, router.base_url, prompt("volcanoes")) == restarted.pod_name
         before = await index_size(session, router)
 
@@ -222,11 +215,11 @@ async def test_a_restarted_publisher_loses_its_entries(
             await pod_of(session, replacement.base_url, f"after the restart {next(_FRESH)} " * 30)
             return await metric(session, router, "kvroute_kv_events_publisher_restarts_total") >= 1
 
-        await until(restart_seen)
+        await eventually(restart_seen, WAIT)
         after = await index_size(session, router)
         # Cached now only on the other engine: a stale "volcanoes" entry of the restarted one would tie with it.
         await pod_of(session, sims[0].base_url, prompt("volcanoes"))
-        await until(lambda: more_than(session, router, after + 11))
+        await eventually(lambda: more_than(session, router, after + 11), WAIT)
         routed = [await pod_of(session, router.base_url, prompt("volcanoes")) for _ in range(3)]
         restarts = await metric(session, router, "kvroute_kv_events_publisher_restarts_total")
 
@@ -255,7 +248,7 @@ async def test_the_engine_tokenizer_asks_the_simulators_to_tokenize_chats(
         held = await index_size(session, router)
         for sim, messages in zip(sims, conversations, strict=True):
             assert await chat_pod(session, sim.base_url, messages) == sim.pod_name
-        await until(lambda: more_than(session, router, held + 3 * 5))
+        await eventually(lambda: more_than(session, router, held + 3 * 5), WAIT)
 
         routed = [await chat_pod(session, router.base_url, messages) for messages in conversations]
         failures = await metric(session, router, "kvroute_request_preparation_failures_total")

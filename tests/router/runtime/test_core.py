@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from kvroute.router.config.builder import Registry
 from kvroute.router.framework import Endpoint
 from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
 from kvroute.router.runtime import RouterCore
+from tests.support import eventually, free_port
 
 HOST = "127.0.12.251"
 ENDPOINT = Endpoint.create("10.0.0.1", 8000)
@@ -32,13 +32,6 @@ schedulingProfiles:
   - name: default
     plugins: [{pluginRef: precise}, {pluginRef: %(other)s}]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def config(port: int, other: str = "queue-scorer") -> str:
@@ -61,31 +54,24 @@ class Engine:
         self.socket.send_multipart([b"kv@10.0.0.1:8000@m", struct.pack(">Q", self.seq), payload])
         self.seq += 1
 
-    async def until_indexed(self, entries: Callable[[], int], within: float = 10.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
+    async def until_indexed(self, entries: Callable[[], int]) -> None:
+        """Publishes until the index grows (ZMQ drops what is sent before the subscription has reached it)."""
         start = entries()
-        while entries() <= start:
-            if loop.time() > deadline:
-                raise AssertionError(f"nothing indexed within {within}s")
+
+        def indexed() -> bool:
+            if entries() > start:
+                return True
             self.store()
-            await asyncio.sleep(0.02)
+            return False
+
+        await eventually(indexed, message="something indexed")
 
     def close(self) -> None:
         self.socket.close(linger=0)
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
-
-
 async def test_a_reload_keeps_an_unchanged_consumer_and_its_subscription(registry: Registry) -> None:
-    port = free_port()
+    port = free_port(HOST)
     core = RouterCore([ENDPOINT], registry, config_text=config(port))
     await core.start()
     engine = Engine(port)
@@ -107,7 +93,7 @@ async def test_a_reload_keeps_an_unchanged_consumer_and_its_subscription(registr
 
 
 async def test_a_changed_consumer_moves_to_its_new_subscription(registry: Registry) -> None:
-    old_port, new_port = free_port(), free_port()
+    old_port, new_port = free_port(HOST), free_port(HOST)
     core = RouterCore([ENDPOINT], registry, config_text=config(old_port))
     await core.start()
     engine = Engine(new_port)
@@ -124,7 +110,7 @@ async def test_a_changed_consumer_moves_to_its_new_subscription(registry: Regist
 
 
 async def test_preparers_are_closed_when_dropped_by_a_reload_or_at_stop(registry: Registry) -> None:
-    port = free_port()
+    port = free_port(HOST)
     core = RouterCore([ENDPOINT], registry, config_text=config(port))
     await core.start()
     first = core.holder.current.plugins["stub-preparer"]
@@ -140,7 +126,7 @@ async def test_preparers_are_closed_when_dropped_by_a_reload_or_at_stop(registry
 
 
 async def test_an_address_that_cannot_be_bound_fails_start(registry: Registry) -> None:
-    port = free_port()
+    port = free_port(HOST)
     taken = zmq.Context.instance().socket(zmq.SUB)
     taken.bind(f"tcp://{HOST}:{port}")
     core = RouterCore([ENDPOINT], registry, config_text=config(port))

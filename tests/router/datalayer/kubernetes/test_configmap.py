@@ -25,6 +25,7 @@ from kvroute.router.datalayer.kubernetes.startup import connect
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.plugins.registry import REGISTRY
+from tests.support import eventually
 
 CONFIGMAPS = configmaps_path("ns")
 EDITED = DEFAULT_CONFIG_TEXT.replace("weight: 2\n", "weight: 5\n", 1)
@@ -71,32 +72,32 @@ async def router(api: Any) -> AsyncIterator[Router]:
         await discovery.stop()
 
 
-async def test_the_document_at_startup_is_not_reloaded_again(api: Any, router: Router, eventually: Any) -> None:
+async def test_the_document_at_startup_is_not_reloaded_again(api: Any, router: Router) -> None:
     await eventually(lambda: api.open_watches(CONFIGMAPS) == 1)
 
     assert reloads(router.metrics, "success") == reloads(router.metrics, "failure") == 0
     assert api.queries(CONFIGMAPS, watch=True)[0]["fieldSelector"] == "metadata.name=llm-router"
 
 
-async def test_an_edit_is_hot_reloaded(api: Any, router: Router, eventually: Any) -> None:
+async def test_an_edit_is_hot_reloaded(api: Any, router: Router) -> None:
     before = router.holder.current
     assert queue_weight(router.holder) == 2
 
     api.put(CONFIGMAPS, config_map(EDITED))
 
-    await eventually(lambda: router.holder.current is not before, within=1.0)
+    await eventually(lambda: router.holder.current is not before, timeout=1.0)
     assert queue_weight(router.holder) == 5
     assert reloads(router.metrics, "success") == 1
 
 
 async def test_a_rejected_edit_keeps_the_old_configuration_and_is_counted_once(
-    api: Any, router: Router, eventually: Any, caplog: pytest.LogCaptureFixture
+    api: Any, router: Router, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = router.holder.current
 
     with caplog.at_level(logging.ERROR):
         api.put(CONFIGMAPS, config_map(REJECTED))
-        await eventually(lambda: reloads(router.metrics, "failure") == 1, within=1.0)
+        await eventually(lambda: reloads(router.metrics, "failure") == 1, timeout=1.0)
         api.put(CONFIGMAPS, {**config_map(REJECTED), "binaryData": {}})
         await asyncio.sleep(0.1)
 
@@ -107,21 +108,21 @@ async def test_a_rejected_edit_keeps_the_old_configuration_and_is_counted_once(
 
 
 async def test_a_missing_key_or_a_deleted_config_map_keep_the_configuration(
-    api: Any, router: Router, eventually: Any, caplog: pytest.LogCaptureFixture
+    api: Any, router: Router, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = router.holder.current
 
     with caplog.at_level(logging.WARNING):
         api.put(CONFIGMAPS, config_map(None))
-        await eventually(lambda: reloads(router.metrics, "failure") == 1, within=1.0)
+        await eventually(lambda: reloads(router.metrics, "failure") == 1, timeout=1.0)
         api.delete(CONFIGMAPS, "llm-router")
-        await eventually(lambda: "ConfigMap llm-router is gone" in caplog.text, within=1.0)
+        await eventually(lambda: "ConfigMap llm-router is gone" in caplog.text, timeout=1.0)
 
     assert "ConfigMap llm-router has no key 'config.yaml' in data" in caplog.text
     assert router.holder.current is before
 
     api.put(CONFIGMAPS, config_map(EDITED))
-    await eventually(lambda: queue_weight(router.holder) == 5, within=1.0)
+    await eventually(lambda: queue_weight(router.holder) == 5, timeout=1.0)
 
 
 async def test_read_config_text_fetches_the_key(api: Any) -> None:

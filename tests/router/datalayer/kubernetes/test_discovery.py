@@ -11,6 +11,7 @@ import pytest
 from kvroute.router.datalayer.kubernetes.discovery import KubernetesDiscovery
 from kvroute.router.datalayer.kubernetes.inferencepool import pools_path
 from kvroute.router.datalayer.pool import EndpointPool, PoolChange
+from tests.support import eventually, time_until
 
 PODS = "/api/v1/namespaces/ns/pods"
 POOLS = pools_path("ns")
@@ -66,7 +67,7 @@ async def test_ready_pods_of_the_pool_are_endpoints_when_start_returns(
     ids=["not-ready", "terminating", "deleted", "relabelled"],
 )
 async def test_a_pod_that_stops_serving_leaves_the_pool_within_a_second(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any, change: Any
+    api: Any, make_pod: Any, make_pool: Any, started: Any, change: Any
 ) -> None:
     api.put(POOLS, make_pool())
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
@@ -78,13 +79,13 @@ async def test_a_pod_that_stops_serving_leaves_the_pool_within_a_second(
 
     change(api, lambda **kw: make_pod("llm-1", "127.0.0.12", **kw))
 
-    took = await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], within=1.0)
+    took = await time_until(lambda: ids(discovery) == ["127.0.0.11:8000"], timeout=1.0)
     assert took < 1.0
     assert [[e.id for e in c.removed] for c in removed] == [["127.0.0.12:8000"]]
 
 
 async def test_a_pod_that_becomes_ready_joins_and_a_relabelled_one_is_updated(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any
+    api: Any, make_pod: Any, make_pool: Any, started: Any
 ) -> None:
     api.put(POOLS, make_pool())
     api.put(PODS, make_pod("llm-0", "127.0.0.11", ready=False))
@@ -92,15 +93,13 @@ async def test_a_pod_that_becomes_ready_joins_and_a_relabelled_one_is_updated(
     assert ids(discovery) == []
 
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
-    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], timeout=1.0)
     api.put(PODS, make_pod("llm-0", "127.0.0.11", labels={"app": "llm", "llm-d.ai/role": "prefill"}))
 
-    await eventually(lambda: discovery.pool.snapshot()[0].labels.get("llm-d.ai/role") == "prefill", within=1.0)
+    await eventually(lambda: discovery.pool.snapshot()[0].labels.get("llm-d.ai/role") == "prefill", timeout=1.0)
 
 
-async def test_a_new_selector_re_selects_the_pods(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any
-) -> None:
+async def test_a_new_selector_re_selects_the_pods(api: Any, make_pod: Any, make_pool: Any, started: Any) -> None:
     api.put(POOLS, make_pool(match_labels={"app": "llm", "model": "a"}))
     api.put(PODS, make_pod("a-0", "127.0.0.11", labels={"app": "llm", "model": "a"}))
     api.put(PODS, make_pod("b-0", "127.0.0.12", labels={"app": "llm", "model": "b"}))
@@ -109,13 +108,13 @@ async def test_a_new_selector_re_selects_the_pods(
 
     api.put(POOLS, make_pool(match_labels={"app": "llm", "model": "b"}))
 
-    await eventually(lambda: ids(discovery) == ["127.0.0.12:8000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.12:8000"], timeout=1.0)
     assert api.queries(PODS, watch=False)[-1]["labelSelector"] == "app=llm,model=b"
     await eventually(lambda: api.open_watches(PODS) == 1)  # the old selector's watch is closed
 
 
 async def test_new_target_ports_recompute_the_endpoints_without_relisting_pods(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any
+    api: Any, make_pod: Any, make_pool: Any, started: Any
 ) -> None:
     api.put(POOLS, make_pool(ports=(8000,)))
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
@@ -123,12 +122,12 @@ async def test_new_target_ports_recompute_the_endpoints_without_relisting_pods(
 
     api.put(POOLS, make_pool(ports=(8000, 9000)))
 
-    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000", "127.0.0.11:9000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000", "127.0.0.11:9000"], timeout=1.0)
     assert len(api.queries(PODS, watch=False)) == 1
 
 
 async def test_without_the_pool_there_are_no_endpoints_until_it_is_created(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+    api: Any, make_pod: Any, make_pool: Any, started: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
 
@@ -138,17 +137,17 @@ async def test_without_the_pool_there_are_no_endpoints_until_it_is_created(
     assert discovery.synced and ids(discovery) == []
     assert "InferencePool ns/llm does not exist (yet); no endpoints" in caplog.text
     api.put(POOLS, make_pool())
-    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], timeout=1.0)
 
     api.delete(POOLS, "llm")
 
-    await eventually(lambda: ids(discovery) == [], within=1.0)
+    await eventually(lambda: ids(discovery) == [], timeout=1.0)
     assert discovery.spec is None
     await eventually(lambda: api.open_watches(PODS) == 0)
 
 
 async def test_an_unreadable_pool_spec_keeps_the_last_good_one(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any, caplog: pytest.LogCaptureFixture
+    api: Any, make_pod: Any, make_pool: Any, started: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.put(POOLS, make_pool())
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
@@ -165,7 +164,7 @@ async def test_an_unreadable_pool_spec_keeps_the_last_good_one(
 
 
 async def test_a_pool_unreadable_from_the_start_gives_no_endpoints_without_waiting(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any
+    api: Any, make_pod: Any, make_pool: Any, started: Any
 ) -> None:
     broken = make_pool()
     del broken["spec"]["targetPorts"]
@@ -176,11 +175,11 @@ async def test_a_pool_unreadable_from_the_start_gives_no_endpoints_without_waiti
 
     assert discovery.synced and ids(discovery) == [] and discovery.spec is None
     api.put(POOLS, make_pool())
-    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.11:8000"], timeout=1.0)
 
 
 async def test_a_dropped_pod_watch_catches_up_without_losing_changes(
-    api: Any, make_pod: Any, make_pool: Any, started: Any, eventually: Any
+    api: Any, make_pod: Any, make_pool: Any, started: Any
 ) -> None:
     api.put(POOLS, make_pool())
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
@@ -190,7 +189,7 @@ async def test_a_dropped_pod_watch_catches_up_without_losing_changes(
     api.delete(PODS, "llm-0")
     api.put(PODS, make_pod("llm-1", "127.0.0.12"))
 
-    await eventually(lambda: ids(discovery) == ["127.0.0.12:8000"], within=1.0)
+    await eventually(lambda: ids(discovery) == ["127.0.0.12:8000"], timeout=1.0)
 
 
 async def test_start_gives_up_waiting_when_the_api_server_refuses(
@@ -206,7 +205,7 @@ async def test_start_gives_up_waiting_when_the_api_server_refuses(
     assert "InferencePool ns/llm and its pods were not listed within 0.3s" in caplog.text
 
 
-async def test_stop_closes_every_watch(api: Any, make_pod: Any, make_pool: Any, eventually: Any) -> None:
+async def test_stop_closes_every_watch(api: Any, make_pod: Any, make_pool: Any) -> None:
     api.put(POOLS, make_pool())
     api.put(PODS, make_pod("llm-0", "127.0.0.11"))
     discovery = KubernetesDiscovery(EndpointPool(), api.client(), namespace="ns", pool_name="llm")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 
 from kvroute.router.datalayer.kubernetes.peers import PeerPods, peer_addresses, peer_pod
 from kvroute.router.datalayer.kubernetes.selector import LabelSelector
+from tests.support import eventually
 
 PODS = "/api/v1/namespaces/ns/pods"
 ROUTER = {"app.kubernetes.io/name": "kvroute-router", "app.kubernetes.io/instance": "llm"}
@@ -27,13 +27,12 @@ class Updates:
     def last(self) -> frozenset[str] | None:
         return self.seen[-1] if self.seen else None
 
-    async def until(self, expected: set[str], within: float = 10.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while self.last != expected:
-            if loop.time() > deadline:
-                raise AssertionError(f"peers {self.last}, expected {expected}")
-            await asyncio.sleep(0.01)
+    async def until(self, expected: set[str]) -> None:
+        def arrived() -> bool:
+            assert self.last == expected, f"peers {self.last}, expected {expected}"
+            return True
+
+        await eventually(arrived, interval=0.01)
 
 
 @pytest.fixture

@@ -6,13 +6,9 @@ pod's `status.podIP` is the simulator's 127.0.0.x address: nothing outside 127.0
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
-import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +19,17 @@ import yaml
 from kvroute.router.config.defaults import DEFAULT_CONFIG_TEXT
 from kvroute.router.datalayer.kubernetes.configmap import CONFIG_KEY, configmaps_path
 from kvroute.router.datalayer.kubernetes.inferencepool import pools_path
+from tests.support import Processes, eventually, free_port, kvroute_command, time_until
 
 pytestmark = pytest.mark.integration
 
 PODS = "/api/v1/namespaces/ns/pods"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-async def router_process(api: Any, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    processes: list[asyncio.subprocess.Process] = []
+def router_process(api: Any, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """`start(*args)`: `kvroute router ARGS` against the fake API server; its URL. Its output is printed at the end
+    (pytest shows it when the test failed)."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
@@ -51,30 +42,15 @@ async def router_process(api: Any, tmp_path: Path) -> AsyncIterator[Callable[...
         )
     )
 
-    async def start(*args: str) -> str:
-        port = free_port()
-        command = [sys.executable, "-m", "kvroute.cli", "router", "--port", str(port), "--kubeconfig", str(kubeconfig)]
-        with (tmp_path / f"router-{port}.log").open("wb") as log:
-            process = await asyncio.create_subprocess_exec(*command, *args, stdout=log, stderr=log)
-        processes.append(process)
-        return f"http://127.0.0.1:{port}"
+    with Processes(show_output=True) as processes:
 
-    yield start
-    for process in processes:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-    show_logs(tmp_path)
+        def start(*args: str) -> str:
+            port = free_port()
+            argv = kvroute_command("router", "--port", str(port), "--kubeconfig", str(kubeconfig), *args)
+            processes.start(f"router-{port}", argv)
+            return f"http://127.0.0.1:{port}"
 
-
-def show_logs(directory: Path) -> None:
-    """Print the routers' logs: pytest shows them when the test failed."""
-    for log in sorted(directory.glob("router-*.log")):
-        print(f"--- {log.name}\n{log.read_text(errors='replace')}")
+        yield start
 
 
 async def readiness(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
@@ -82,15 +58,6 @@ async def readiness(session: aiohttp.ClientSession, url: str) -> tuple[int, dict
         async with session.get(f"{url}/readyz") as response:
             return response.status, await response.json()
     return 0, {}
-
-
-async def wait_for(check: Callable[[], Any], within: float) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 async def test_the_router_follows_the_pool_and_reloads_its_config_map(
@@ -103,7 +70,7 @@ async def test_the_router_follows_the_pool_and_reloads_its_config_map(
     api.put(PODS, make_pod("llm-0", sim.host))
     api.put(configmaps_path("ns"), {"metadata": {"name": "llm-router"}, "data": {CONFIG_KEY: DEFAULT_CONFIG_TEXT}})
 
-    url = await router_process("--pool-name", "llm", "--config-configmap", "llm-router", "--scrape-interval", "20ms")
+    url = router_process("--pool-name", "llm", "--config-configmap", "llm-router", "--scrape-interval", "20ms")
 
     async with aiohttp.ClientSession() as session:
 
@@ -111,7 +78,7 @@ async def test_the_router_follows_the_pool_and_reloads_its_config_map(
             status, body = await readiness(session, url)
             return status == 200 and body["endpoints"] == 1
 
-        await wait_for(ready, within=20)
+        await eventually(ready, 20, interval=0.01)
         async with session.post(
             f"{url}/v1/completions", json={"model": "fake-model", "prompt": "hello", "max_tokens": 2}
         ) as response:
@@ -124,7 +91,7 @@ async def test_the_router_follows_the_pool_and_reloads_its_config_map(
             status, body = await readiness(session, url)
             return status == 503 and "no endpoints" in body["error"]["message"]
 
-        assert await wait_for(no_endpoints, within=1.0) < 1.0
+        assert await time_until(no_endpoints, 1.0) < 1.0
 
         edited = DEFAULT_CONFIG_TEXT.replace("weight: 2\n", "weight: 5\n", 1)
         api.put(configmaps_path("ns"), {"metadata": {"name": "llm-router"}, "data": {CONFIG_KEY: edited}})
@@ -133,4 +100,4 @@ async def test_the_router_follows_the_pool_and_reloads_its_config_map(
             async with session.get(f"{url}/metrics") as response:
                 return 'kvroute_config_reloads_total{result="success"} 1.0' in await response.text()
 
-        await wait_for(reloaded, within=2.0)
+        await eventually(reloaded, 2.0, interval=0.01)

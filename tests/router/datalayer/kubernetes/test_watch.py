@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kvroute.router.datalayer.kubernetes.watch import Reflector
+from tests.support import eventually
 
 PODS = "/api/v1/namespaces/ns/pods"
 
@@ -52,9 +53,7 @@ async def watched(api: Any) -> AsyncIterator[Callable[..., Any]]:
         await w.client.close()
 
 
-async def test_list_then_watch_keeps_the_store_equal_to_the_server(
-    api: Any, make_pod: Any, watched: Any, eventually: Any
-) -> None:
+async def test_list_then_watch_keeps_the_store_equal_to_the_server(api: Any, make_pod: Any, watched: Any) -> None:
     api.put(PODS, make_pod("a"))
     w = await watched()
     assert w.changes == [["a"]]
@@ -70,9 +69,7 @@ async def test_list_then_watch_keeps_the_store_equal_to_the_server(
     assert w.reflector.lists == 1
 
 
-async def test_bookmarks_advance_the_resource_version_without_a_change(
-    api: Any, make_pod: Any, watched: Any, eventually: Any
-) -> None:
+async def test_bookmarks_advance_the_resource_version_without_a_change(api: Any, make_pod: Any, watched: Any) -> None:
     api.put(PODS, make_pod("a"))
     w = await watched(watch_timeout=1)
     await eventually(lambda: api.open_watches(PODS) == 1)
@@ -80,7 +77,7 @@ async def test_bookmarks_advance_the_resource_version_without_a_change(
     bookmark = str(api.resource_version)
 
     # The server ends the watch after its timeout; the next one starts from the bookmark, without listing.
-    await eventually(lambda: len(api.queries(PODS, watch=True)) == 2, within=3)
+    await eventually(lambda: len(api.queries(PODS, watch=True)) == 2, timeout=3)
 
     assert api.queries(PODS, watch=True)[1]["resourceVersion"] == bookmark
     assert w.changes == [["a"]]
@@ -88,7 +85,7 @@ async def test_bookmarks_advance_the_resource_version_without_a_change(
 
 
 async def test_a_dropped_connection_resumes_from_the_last_version_without_listing(
-    api: Any, make_pod: Any, watched: Any, eventually: Any
+    api: Any, make_pod: Any, watched: Any
 ) -> None:
     w = await watched()
     api.put(PODS, make_pod("a"))
@@ -104,9 +101,7 @@ async def test_a_dropped_connection_resumes_from_the_last_version_without_listin
 
 
 @pytest.mark.parametrize("as_event", [True, False], ids=["error-event", "http-410"])
-async def test_gone_lists_again_and_catches_up(
-    api: Any, make_pod: Any, watched: Any, eventually: Any, as_event: bool
-) -> None:
+async def test_gone_lists_again_and_catches_up(api: Any, make_pod: Any, watched: Any, as_event: bool) -> None:
     api.gone_as_event = as_event
     api.put(PODS, make_pod("a"))
     w = await watched()
@@ -122,9 +117,7 @@ async def test_gone_lists_again_and_catches_up(
     assert w.changes[-1] == ["c"]
 
 
-async def test_server_errors_back_off_and_keep_the_last_store(
-    api: Any, make_pod: Any, watched: Any, eventually: Any
-) -> None:
+async def test_server_errors_back_off_and_keep_the_last_store(api: Any, make_pod: Any, watched: Any) -> None:
     api.put(PODS, make_pod("a"))
     w = await watched()
     await eventually(lambda: api.open_watches(PODS) == 1)
@@ -141,7 +134,7 @@ async def test_server_errors_back_off_and_keep_the_last_store(
     assert w.reflector.lists == 1
 
 
-async def test_a_failing_change_handler_does_not_stop_the_watch(api: Any, make_pod: Any, eventually: Any) -> None:
+async def test_a_failing_change_handler_does_not_stop_the_watch(api: Any, make_pod: Any) -> None:
     seen: list[int] = []
 
     def handler(store: Mapping[str, Any]) -> None:
@@ -159,7 +152,7 @@ async def test_a_failing_change_handler_does_not_stop_the_watch(api: Any, make_p
             await task
 
 
-async def test_cancelling_the_run_closes_the_watch_connection(api: Any, eventually: Any) -> None:
+async def test_cancelling_the_run_closes_the_watch_connection(api: Any) -> None:
     async with api.client() as client:
         reflector: Reflector[Any] = Reflector(client, PODS, transform=lambda o: o, on_change=lambda s: None)
         api.collections[PODS] = {}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import socket
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from kvroute.router.framework import (
     KVEventsSubscription,
 )
 from kvroute.router.framework.plugins import NoParams
+from tests.support import eventually, free_port
 
 # Publishers and subscribers of these tests listen on 127.0.12.x, away from the simulators' addresses.
 _HOSTS = itertools.cycle(f"127.0.12.{i}" for i in range(1, 255))
@@ -48,13 +47,6 @@ class RecordingConsumer(KVEventsConsumer):
         return len(self.received)
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def message(topic: str, seq: int, events: list[Any]) -> list[bytes]:
     return [topic.encode(), struct.pack(">Q", seq), msgpack.packb([1.0, events, 0])]
 
@@ -77,15 +69,16 @@ class Publisher:
         self.socket.send_multipart(message(self.topic, self.seq, events))
         self.seq += 1
 
-    async def until_heard(self, heard: Callable[[], bool], within: float = 10.0) -> None:
+    async def until_heard(self, heard: Callable[[], bool]) -> None:
         """Sends empty messages until `heard()` (ZMQ drops what is sent before a subscriber has joined)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while not heard():
-            if loop.time() > deadline:
-                raise AssertionError(f"nothing heard from {self.topic} within {within}s")
+
+        def answered() -> bool:
+            if heard():
+                return True
             self.send([])
-            await asyncio.sleep(0.02)
+            return False
+
+        await eventually(answered, message=f"anything heard from {self.topic}")
 
     def close(self) -> None:
         self.socket.close(linger=0)

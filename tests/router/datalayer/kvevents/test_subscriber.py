@@ -12,6 +12,7 @@ from kvroute.router.datalayer.kvevents import KVEventsSubscriber
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.framework import AllBlocksCleared, BlockRemoved, BlockStored, Endpoint, KVEventsSubscription
 from kvroute.router.observability import RouterMetrics
+from tests.support import eventually
 
 A = Endpoint.create("10.0.0.1", 8000)
 B = Endpoint.create("10.0.0.2", 8000)
@@ -109,9 +110,7 @@ def test_a_failing_consumer_does_not_stop_the_others(kit: Any, metrics: RouterMe
     assert len(working.received) == 2
 
 
-async def test_central_mode_binds_and_engines_connect(
-    kit: Any, metrics: RouterMetrics, publishers: Any, eventually: Any
-) -> None:
+async def test_central_mode_binds_and_engines_connect(kit: Any, metrics: RouterMetrics, publishers: Any) -> None:
     host = next(kit.hosts)
     subscription = KVEventsSubscription(bind=f"tcp://{host}:{kit.free_port(host)}")
     consumer = kit.consumer("c", subscription)
@@ -130,7 +129,7 @@ async def test_central_mode_binds_and_engines_connect(
         for _ in range(3):
             engine_a.send([STORED])
         engine_b.send([["AllBlocksCleared"]])
-        await eventually(lambda: len(consumer.received) == 4, within=10.0)
+        await eventually(lambda: len(consumer.received) == 4, timeout=10.0)
 
         assert [endpoint for endpoint, _, _ in consumer.received].count(A.id) == 3
         assert sample(metrics, "kvroute_kv_events_sequence_gaps_total") == 0
