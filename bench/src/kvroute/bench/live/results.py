@@ -25,19 +25,12 @@ from kvroute.bench.live.fidelity import markdown as fidelity_markdown
 from kvroute.bench.live.harness import RowResult
 from kvroute.bench.live.report import percentile
 from kvroute.bench.live.servers import ServerCounters
-from kvroute.bench.quality.report import family_table, summary, verdict, write_json
+from kvroute.bench.quality.report import COLUMNS, family_table, summary, verdict, write_json
 
 _COLUMNS = (
-    ("TTFT p50 s", "ttft_p50_s", "{:.3f}"),
-    ("TTFT p90 s", "ttft_p90_s", "{:.3f}"),
-    ("TTFT p99 s", "ttft_p99_s", "{:.3f}"),
-    ("e2e p50 s", "e2e_p50_s", "{:.2f}"),
-    ("e2e p90 s", "e2e_p90_s", "{:.2f}"),
-    ("out tok/s", "output_tokens_per_s", "{:.0f}"),
-    ("prefix hit", "prefix_hit_rate", "{:.1%}"),
+    *COLUMNS[:7],
     ("requests per server", "engine_requests", None),
-    ("imbalance", "load_imbalance", "{:.2f}"),
-    ("preempt", "preemptions", "{:.0f}"),
+    *COLUMNS[7:],
     ("errors", "errors", "{}"),
     ("router CPU ms/req", "router_cpu_ms_per_request", "{:.2f}"),
 )
@@ -80,7 +73,7 @@ def row_metrics(row: RowResult, direct: RowResult | None) -> dict[str, Any]:
         "prefix_hit_rate": sum(s.prefix_hits for s in servers) / queries if queries else None,
         "engine_requests": engine_requests,
         "load_imbalance": max(engine_requests) / mean_requests if mean_requests else None,
-        "preemptions": sum(s.preemptions for s in servers),
+        "preemptions": round(sum(s.preemptions for s in servers)),
         "router_cpu_ms_per_request": _above_idle(row.router_cpu, row.idle_cpu, row.trace_wall, len(row.trace)),
         "router_idle_cpu_percent": row.idle_cpu * 100 if row.idle_cpu is not None else None,
         "added_ttft_p50_ms": (percentile(probe, 0.5) - percentile(base, 0.5)) * 1e3

@@ -28,7 +28,7 @@ ORACLE = "oracle"
 TIE_RATIO = 0.05
 TIE_ABS_S = 0.010
 
-_COLUMNS = (
+COLUMNS = (  # the per-workload table: (title, metric, format)
     ("TTFT p50 s", "ttft_p50_s", "{:.3f}"),
     ("TTFT p90 s", "ttft_p90_s", "{:.3f}"),
     ("TTFT p99 s", "ttft_p99_s", "{:.3f}"),
@@ -226,11 +226,11 @@ def markdown(results: Mapping[str, Any], out: str) -> str:
             f"{info['description']}. {fleet}; {info['requests']:,} requests, {info['prompt_tokens']:,} prompt and "
             f"{info['output_tokens']:,} output tokens, arrivals over {info['last_arrival_s']:.0f} s.",
             "",
-            "| policy | " + " | ".join(title for title, _, _ in _COLUMNS) + " |",
-            "|---|" + "---:|" * len(_COLUMNS),
+            "| policy | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+            "|---|" + "---:|" * len(COLUMNS),
         ]
         for policy, metrics in per_policy.items():
-            cells = [_cell(metrics[key], fmt) for _, key, fmt in _COLUMNS]
+            cells = [_cell(metrics[key], fmt) for _, key, fmt in COLUMNS]
             lines.append(f"| {policy} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
