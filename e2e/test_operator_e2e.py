@@ -53,9 +53,14 @@ ROUTER, CONFIG_MAP = f"{POOL}-kvroute", f"{POOL}-kvroute-config"
 PODS = ("llm-a", "llm-b", "llm-c")
 ROUTER_IMAGE = "kvroute/router:e2e"
 CHART = REPO / "charts" / "kvroute"
-CRD_NAMES = ("inferencepools.inference.networking.k8s.io", "schedulingprofiles.kvroute.io")
+CRD_NAMES = (
+    "inferencepools.inference.networking.k8s.io",
+    "inferenceobjectives.inference.networking.x-k8s.io",
+    "schedulingprofiles.kvroute.io",
+)
 POOLS_PATH = f"/apis/inference.networking.k8s.io/v1/namespaces/{NS}/inferencepools"
 PROFILES_PATH = f"/apis/kvroute.io/v1alpha1/namespaces/{NS}/schedulingprofiles"
+OBJECTIVES_PATH = f"/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{NS}/inferenceobjectives"
 CHILDREN = {
     "ConfigMap": f"/api/v1/namespaces/{NS}/configmaps/{CONFIG_MAP}",
     "ServiceAccount": f"/api/v1/namespaces/{NS}/serviceaccounts/{ROUTER}",
@@ -151,7 +156,7 @@ def step(scenario: Scenario, request: pytest.FixtureRequest, capsys: pytest.Capt
 def test_01_chart_crds_rbac_and_operator(scenario: Scenario) -> None:
     s = scenario
     crd_files = sorted((CHART / "crds").glob("*.yaml")) + sorted((CHART / "files" / "crds").glob("*.yaml"))
-    assert len(crd_files) >= 2, crd_files
+    assert len(crd_files) >= 3, crd_files
     args = [arg for path in crd_files for arg in ("-f", str(path))]
     # Server-side: the InferencePool CRD may already exist, created by another module of the session.
     s.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kvroute-e2e", *args)
@@ -317,6 +322,7 @@ def test_02_pool_and_profile_render_the_children(scenario: Scenario) -> None:
             "resourceNames": [POOL],
             "verbs": read,
         },
+        {"apiGroups": ["inference.networking.x-k8s.io"], "resources": ["inferenceobjectives"], "verbs": read},
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [CONFIG_MAP], "verbs": read},
     ]
     assert children["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": ROUTER, "namespace": NS}]
@@ -626,6 +632,68 @@ def test_09_kubectl_printer_columns(scenario: Scenario, capsys: pytest.CaptureFi
     s.note("header NAME POOL ACCEPTED READY AGE")
 
 
+def _objective(name: str, pool: str, priority: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"poolRef": {"name": pool}}
+    if priority is not None:
+        spec["priority"] = priority
+    return {
+        "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+        "kind": "InferenceObjective",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def test_10_inference_objectives_reach_the_router_and_the_profile_status(scenario: Scenario) -> None:
+    s = scenario
+    router_log = s.processes["router"]
+    mapping = f"InferenceObjectives of InferencePool {NS}/{POOL}: "
+
+    def router_says(listed: str) -> bool:
+        return f"{mapping}{listed}\n" in router_log.output()
+
+    def status_lists(expected: list[dict[str, Any]]) -> bool:
+        status = (s.get(f"{PROFILES_PATH}/{PROFILE}") or {}).get("status") or {}
+        return status.get("objectives") == expected and status.get("objectiveCount") == len(expected)
+
+    started = time.monotonic()
+    _apply(s, _objective("chat", POOL, 5), _objective("bulk", POOL), _objective("elsewhere", "another-pool", 9))
+    eventually_sync(
+        lambda: router_says("bulk=0, chat=5"), timeout=30, interval=0.1, message="the router to map the objectives"
+    )
+    seen_by_router = time.monotonic() - started
+    eventually_sync(
+        lambda: status_lists([{"name": "bulk", "priority": 0}, {"name": "chat", "priority": 5}]),
+        timeout=30,
+        interval=0.1,
+        message="the profile's status to list the pool's objectives",
+    )
+    output = s.kubectl("get", "inferenceobjectives", "-n", NS).stdout
+    header, *rows = output.splitlines()
+    assert header.split() == ["NAME", "INFERENCE", "POOL", "PRIORITY", "AGE"]
+    # Columns Inference Pool and Priority (blank when unset), then the age.
+    assert {row.split()[0]: row.split()[1:-1] for row in rows} == {
+        "bulk": [POOL],
+        "chat": [POOL, "5"],
+        "elsewhere": ["another-pool", "9"],
+    }
+
+    ok(s.cp.api("DELETE", f"{OBJECTIVES_PATH}/chat"))
+    eventually_sync(lambda: router_says("bulk=0"), timeout=30, interval=0.1, message="the router to drop chat")
+    eventually_sync(
+        lambda: status_lists([{"name": "bulk", "priority": 0}]),
+        timeout=30,
+        interval=0.1,
+        message="the profile's status to drop chat",
+    )
+    ok(s.cp.api("DELETE", f"{OBJECTIVES_PATH}/bulk"))
+    ok(s.cp.api("DELETE", f"{OBJECTIVES_PATH}/elsewhere"))
+    eventually_sync(lambda: router_says("none"), timeout=30, interval=0.1, message="the router to have none")
+    eventually_sync(lambda: status_lists([]), timeout=30, interval=0.1, message="the profile's status to have none")
+    assert "elsewhere" not in router_log.output()
+    s.note(f"router mapped bulk=0, chat=5 after {seen_by_router:.2f}s; status followed create and delete")
+
+
 def _metric(url: str, name: str) -> float | None:
     match = re.search(rf"^{name} (\S+)$", http("GET", f"{url}/metrics")[2], re.MULTILINE)
     return float(match.group(1)) if match else None
@@ -646,7 +714,7 @@ def _router_pods(s: Scenario, template_args: list[str]) -> list[dict[str, Any]] 
     return current if len(current) == 2 and len(pods) == 2 else None
 
 
-def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
+def test_11_router_replicas_share_routing_state(scenario: Scenario) -> None:
     s = scenario
     _apply(s, _profile(prefix_weight=5, replicas=2, mode="proxy"))
 
@@ -751,7 +819,7 @@ def test_10_router_replicas_share_routing_state(scenario: Scenario) -> None:
     )
 
 
-def test_11_deleting_the_pool_collects_the_children(scenario: Scenario) -> None:
+def test_12_deleting_the_pool_collects_the_children(scenario: Scenario) -> None:
     s = scenario
     ok(s.cp.api("DELETE", f"{POOLS_PATH}/{POOL}"))
     started = time.monotonic()

@@ -3,8 +3,10 @@
 #
 # Usage: scripts/sync-chart-crds.sh
 #
-# The InferencePool CRD (group inference.networking.k8s.io) goes to charts/kvroute/files/crds/, from where a
-# template installs it only when installInferencePoolCRD is true; every other CRD goes to charts/kvroute/crds/.
+# The upstream Gateway API Inference Extension CRDs (groups inference.networking.k8s.io and
+# inference.networking.x-k8s.io: InferencePool, InferenceObjective) go to charts/kvroute/files/crds/, from where a
+# template installs each only when its flag (installInferencePoolCRD, installInferenceObjectiveCRD) is true; every
+# other CRD goes to charts/kvroute/crds/.
 # tests/charts/test_chart.py fails when the chart's copies differ from crds/.
 set -euo pipefail
 
@@ -21,7 +23,7 @@ mkdir -p "$chart/crds" "$chart/files/crds"
 rm -f "$chart"/crds/*.yaml "$chart"/files/crds/*.yaml
 shopt -s nullglob
 for crd in "$src"/*.yaml; do
-    if grep -Eq "^[[:space:]]*group:[[:space:]]*[\"']?inference\.networking\.k8s\.io[\"']?[[:space:]]*$" "$crd"; then
+    if grep -Eq "^[[:space:]]*group:[[:space:]]*[\"']?inference\.networking\.(x-)?k8s\.io[\"']?[[:space:]]*$" "$crd"; then
         dest="$chart/files/crds"
     else
         dest="$chart/crds"

@@ -24,6 +24,8 @@ KUBE_VERSION = "1.35.0"
 NAMESPACE = "kvroute-system"
 RELEASE = "kvr"
 INFERENCE_GROUP = "inference.networking.k8s.io"
+OBJECTIVE_GROUP = "inference.networking.x-k8s.io"
+UPSTREAM_GROUPS = (INFERENCE_GROUP, OBJECTIVE_GROUP)  # the optional CRDs, installed from files/crds/
 
 Manifest = dict[str, Any]
 
@@ -31,7 +33,11 @@ NAMESPACED = ("--set", "watch.allNamespaces=false", "--set", "watch.namespaces={
 PEERING = ("--set", "peering.enabled=true", "--set", "operator.replicas=2")
 VALUE_SETS = {
     "defaults": (),
-    "no-crd-no-metrics": ("--set", "installInferencePoolCRD=false", "--set", "metrics.enabled=false"),
+    "no-crd-no-metrics": (
+        *("--set", "installInferencePoolCRD=false", "--set", "installInferenceObjectiveCRD=false"),
+        *("--set", "metrics.enabled=false"),
+    ),
+    "objective-crd-only": ("--set", "installInferencePoolCRD=false"),
     "namespaced-peering": (*NAMESPACED, *PEERING),
     "clusterwide-peering": PEERING,
 }
@@ -99,8 +105,13 @@ def operator_env(container: Manifest) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-def inference_pool_crds(manifests: list[Manifest]) -> list[Manifest]:
-    return [m for m in manifests if m["kind"] == "CustomResourceDefinition" and m["spec"]["group"] == INFERENCE_GROUP]
+def upstream_crds(manifests: list[Manifest]) -> dict[str, Manifest]:
+    """The optional upstream CRDs rendered, by kind."""
+    return {
+        m["spec"]["names"]["kind"]: m
+        for m in manifests
+        if m["kind"] == "CustomResourceDefinition" and m["spec"]["group"] in UPSTREAM_GROUPS
+    }
 
 
 def test_tools_are_helm_4_and_kubectl_1_35(helm: Helm) -> None:
@@ -130,6 +141,7 @@ def test_default_render_is_the_operator_and_its_rbac(rendered: dict[str, list[Ma
         ("ClusterRole", "kvr-kvroute-operator-cluster"),
         ("ClusterRoleBinding", "kvr-kvroute-operator"),
         ("ClusterRoleBinding", "kvr-kvroute-operator-cluster"),
+        ("CustomResourceDefinition", f"inferenceobjectives.{OBJECTIVE_GROUP}"),
         ("CustomResourceDefinition", f"inferencepools.{INFERENCE_GROUP}"),
         ("Deployment", "kvr-kvroute-operator"),
         ("Service", "kvr-kvroute-operator-metrics"),
@@ -290,6 +302,7 @@ MANAGE = ("get", "list", "watch", "create", "update", "patch", "delete")
 # Everything the operator may do in a watched namespace; templates/rbac.yaml says why for each line.
 NAMESPACED_RULES = {
     (INFERENCE_GROUP, "inferencepools"): {*READ, "patch"},
+    (OBJECTIVE_GROUP, "inferenceobjectives"): set(READ),
     ("kvroute.io", "schedulingprofiles"): {*READ, "patch"},
     ("kvroute.io", "schedulingprofiles/status"): {"get", "patch"},
     ("", "configmaps"): set(MANAGE),
@@ -363,7 +376,12 @@ def test_operator_holds_every_permission_it_grants_routers(rendered: dict[str, l
     router_role = permissions(role(pool), exact=False)
     held = permissions(only(rendered["defaults"], "ClusterRole", "kvr-kvroute-operator"))
 
-    assert router_role.keys() == {("", "pods"), (INFERENCE_GROUP, "inferencepools"), ("", "configmaps")}
+    assert router_role.keys() == {
+        ("", "pods"),
+        (INFERENCE_GROUP, "inferencepools"),
+        (OBJECTIVE_GROUP, "inferenceobjectives"),
+        ("", "configmaps"),
+    }
     for key, verbs in router_role.items():
         assert verbs <= held.get(key, set()), f"the operator cannot grant {sorted(verbs)} on {key}"
 
@@ -409,7 +427,7 @@ def crd_group(path: Path) -> str:
 def test_chart_crds_are_byte_identical_copies_of_the_repository_crds() -> None:
     expected: dict[Path, bytes] = {}
     for path in repo_crds():
-        folder = CHART / "files" / "crds" if crd_group(path) == INFERENCE_GROUP else CHART / "crds"
+        folder = CHART / "files" / "crds" if crd_group(path) in UPSTREAM_GROUPS else CHART / "crds"
         expected[folder / path.name] = path.read_bytes()
     copies = {path: path.read_bytes() for path in [*CHART.glob("crds/*"), *CHART.glob("files/crds/*")]}
 
@@ -418,17 +436,24 @@ def test_chart_crds_are_byte_identical_copies_of_the_repository_crds() -> None:
         assert copies[path] == content, f"{path.relative_to(REPO)} differs from crds/: run scripts/sync-chart-crds.sh"
 
 
-def test_repository_has_both_crds() -> None:
+def test_repository_has_every_crd() -> None:
     groups = sorted(crd_group(path) for path in repo_crds())
 
-    assert INFERENCE_GROUP in groups
-    assert "kvroute.io" in groups
+    assert groups == sorted([INFERENCE_GROUP, OBJECTIVE_GROUP, "kvroute.io"])
 
 
-def test_inferencepool_crd_follows_the_flag_and_survives_uninstall(rendered: dict[str, list[Manifest]]) -> None:
-    assert inference_pool_crds(rendered["no-crd-no-metrics"]) == []
-    (crd,) = inference_pool_crds(rendered["defaults"])
-    (source,) = [p for p in repo_crds() if crd_group(p) == INFERENCE_GROUP]
+def test_upstream_crds_follow_their_flags(rendered: dict[str, list[Manifest]]) -> None:
+    assert upstream_crds(rendered["defaults"]).keys() == {"InferencePool", "InferenceObjective"}
+    assert upstream_crds(rendered["objective-crd-only"]).keys() == {"InferenceObjective"}
+    assert upstream_crds(rendered["no-crd-no-metrics"]) == {}
+
+
+@pytest.mark.parametrize("kind", ["InferencePool", "InferenceObjective"])
+def test_upstream_crds_are_the_repository_files_and_survive_uninstall(
+    rendered: dict[str, list[Manifest]], kind: str
+) -> None:
+    crd = upstream_crds(rendered["defaults"])[kind]
+    (source,) = [p for p in repo_crds() if yaml.safe_load(p.read_text())["spec"]["names"]["kind"] == kind]
 
     assert crd["metadata"]["annotations"].pop("helm.sh/resource-policy") == "keep"
     assert crd["metadata"]["labels"].pop("app.kubernetes.io/instance") == RELEASE
@@ -440,9 +465,9 @@ def test_inferencepool_crd_follows_the_flag_and_survives_uninstall(rendered: dic
 
 
 def test_crds_directory_installs_the_kvroute_crds_whatever_the_flag(helm: Helm) -> None:
-    for args in ((), ("--set", "installInferencePoolCRD=false")):
+    for args in ((), VALUE_SETS["no-crd-no-metrics"]):
         crds = [m for m in helm.template("--include-crds", *args) if m["kind"] == "CustomResourceDefinition"]
-        kvroute_crds = [c for c in crds if c["spec"]["group"] != INFERENCE_GROUP]
+        kvroute_crds = [c for c in crds if c["spec"]["group"] not in UPSTREAM_GROUPS]
 
         assert {c["spec"]["names"]["kind"] for c in kvroute_crds} >= {"SchedulingProfile"}
         for crd in crds:

@@ -29,6 +29,7 @@ _UIDS = itertools.count(1)
 
 POOLS = "inference.networking.k8s.io/v1/inferencepools"
 PROFILES = "kvroute.io/v1alpha1/schedulingprofiles"
+OBJECTIVES = "inference.networking.x-k8s.io/v1alpha2/inferenceobjectives"
 CONFIG_MAPS = "v1/configmaps"
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
@@ -52,6 +53,20 @@ def pool_object(
         "apiVersion": "inference.networking.k8s.io/v1",
         "kind": "InferencePool",
         "metadata": {"name": name, "namespace": namespace, "uid": f"pool-{next(_UIDS)}", "generation": 1},
+        "spec": spec,
+    }
+
+
+def objective_object(
+    name: str, pool: str = "llama", priority: int | None = None, *, namespace: str = NAMESPACE
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"poolRef": {"name": pool}}
+    if priority is not None:
+        spec["priority"] = priority
+    return {
+        "apiVersion": "inference.networking.x-k8s.io/v1alpha2",
+        "kind": "InferenceObjective",
+        "metadata": {"name": name, "namespace": namespace, "uid": f"objective-{next(_UIDS)}", "generation": 1},
         "spec": spec,
     }
 
@@ -245,6 +260,7 @@ def declare_resources(kmock: Any) -> None:
         ("v1/events", "Event", True),
         (POOLS, "InferencePool", True),
         (PROFILES, "SchedulingProfile", True),
+        (OBJECTIVES, "InferenceObjective", True),
         (CONFIG_MAPS, "ConfigMap", True),
         (SERVICES, "Service", True),
         (SERVICE_ACCOUNTS, "ServiceAccount", True),

@@ -120,8 +120,18 @@ def test_status_conditions_are_a_map_keyed_by_type() -> None:
         "configHash",
         "routerDeployment",
         "readyReplicas",
+        "objectives",
+        "objectiveCount",
         "conditions",
     }
+
+
+def test_status_objectives_are_a_bounded_map_keyed_by_name() -> None:
+    objectives = _schema()["properties"]["status"]["properties"]["objectives"]
+    assert (objectives["x-kubernetes-list-type"], objectives["x-kubernetes-list-map-keys"]) == ("map", ["name"])
+    assert objectives["maxItems"] == 64
+    assert objectives["items"]["required"] == ["name", "priority"]
+    assert objectives["items"]["properties"]["priority"]["type"] == "integer"
 
 
 def test_cel_rules_accept_a_valid_spec() -> None:

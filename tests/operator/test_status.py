@@ -74,6 +74,8 @@ def test_profile_status_is_complete_and_keeps_transition_times() -> None:
         "configHash": "h1",
         "routerDeployment": None,
         "readyReplicas": None,
+        "objectives": None,
+        "objectiveCount": None,
         "conditions": [
             {
                 "type": "Accepted",
@@ -104,6 +106,36 @@ def test_profile_status_is_complete_and_keeps_transition_times() -> None:
         profile, status.accepted(), status.not_ready_unaccepted(), config_hash="h1", at="2026-01-03T00:00:00Z"
     )
     assert not status.status_differs(profile, same)  # nothing new: nothing to write
+
+
+def test_objectives_are_listed_by_name_with_their_priority_and_counted() -> None:
+    profile = profile_object()
+    result = status.profile_status(
+        profile, status.accepted(), status.not_ready_unaccepted(), objectives={"chat": 10, "batch": -1, "bulk": 0}
+    )
+    assert result["objectives"] == [
+        {"name": "batch", "priority": -1},
+        {"name": "bulk", "priority": 0},
+        {"name": "chat", "priority": 10},
+    ]
+    assert result["objectiveCount"] == 3
+    profile["status"] = result
+    assert status.status_differs(
+        profile,
+        status.profile_status(
+            profile, status.accepted(), status.not_ready_unaccepted(), objectives={"chat": 10, "bulk": 0}
+        ),
+    )
+    none = status.profile_status(profile, status.accepted(), status.not_ready_unaccepted(), objectives={})
+    assert (none["objectives"], none["objectiveCount"]) == ([], 0)
+
+
+def test_objectives_beyond_the_bound_are_counted_not_listed() -> None:
+    many = {f"objective-{i:03d}": i for i in range(status.MAX_OBJECTIVES + 6)}
+    result = status.profile_status(profile_object(), status.accepted(), status.not_ready_unaccepted(), objectives=many)
+    assert len(result["objectives"]) == status.MAX_OBJECTIVES == 64
+    assert result["objectives"][-1] == {"name": "objective-063", "priority": 63}
+    assert result["objectiveCount"] == 70
 
 
 def test_long_messages_are_truncated() -> None:

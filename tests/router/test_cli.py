@@ -124,3 +124,66 @@ def test_fleet_sync_is_off_unless_peers_are_given() -> None:
     args = build_parser(["router"]).parse_args(["router", "--endpoints", "127.0.0.2:8000"])
 
     assert (args.fleet_peers, args.fleet_peer_selector, args.fleet_port, args.replica_id) == (None, None, None, None)
+
+
+def test_client_connection_and_admin_flags_default_to_bounded_and_off() -> None:
+    from kvroute.router.cli import _settings
+
+    parser = build_parser(["router"])
+    defaults = _settings(parser.parse_args(["router", "--endpoints", "127.0.0.2:8000"]), parser)
+    given = _settings(
+        parser.parse_args(
+            [
+                *("router", "--endpoints", "127.0.0.2:8000", "--host", "0.0.0.0", "--max-connections", "100"),
+                *("--header-read-timeout", "2s", "--keepalive-timeout", "500ms", "--body-read-timeout", "7"),
+                *("--admin-port", "8081", "--max-config-bytes", "4096"),
+            ]
+        ),
+        parser,
+    )
+
+    assert defaults.proxy is not None and given.proxy is not None
+    limits = defaults.proxy.connections
+    assert (limits.max_connections, limits.header_timeout, limits.keepalive_timeout, limits.body_timeout) == (
+        4096,
+        10.0,
+        30.0,
+        60.0,
+    )
+    assert (defaults.proxy.admin, defaults.max_config_bytes) == (None, 1024 * 1024)
+    limits = given.proxy.connections
+    assert (limits.max_connections, limits.header_timeout, limits.keepalive_timeout, limits.body_timeout) == (
+        100,
+        2.0,
+        0.5,
+        7.0,
+    )
+    admin = given.proxy.admin
+    assert admin is not None
+    assert (admin.host, admin.port, admin.max_config_bytes, given.max_config_bytes) == ("127.0.0.1", 8081, 4096, 4096)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--admin-port", "8080"), "--admin-port must differ from --port"),
+        (("--mode", "ext-proc", "--admin-port", "8081"), "--admin-port needs --mode proxy or both"),
+        (("--max-connections", "0"), "must be at least 1"),
+        (("--header-read-timeout", "0"), "must be a positive number of seconds"),
+    ],
+)
+def test_bad_hardening_flags_fail_at_once(args: tuple[str, ...], message: str) -> None:
+    result = run("--endpoints", "127.0.0.2:8000", *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_config_file_over_the_size_limit_is_refused_at_startup(tmp_path: Path) -> None:
+    config = tmp_path / "big.yaml"
+    config.write_text("apiVersion: kvroute.io/v1alpha1\nkind: EndpointPickerConfig\n" + "# pad\n" * 1000)
+
+    result = run("--endpoints", "127.0.0.2:8000", "--config", str(config), "--max-config-bytes", "1000")
+
+    assert result.returncode == 2
+    assert "is larger than the 1000-byte limit for a configuration file" in result.stderr

@@ -6,7 +6,7 @@ from kvroute.operator.resources.rbac import role, role_binding, service_account
 from ..conftest import NAMESPACE, pool_object
 
 
-def test_role_grants_only_reads_of_pods_its_pool_and_its_config_map() -> None:
+def test_role_grants_only_reads_of_pods_its_pool_objectives_and_its_config_map() -> None:
     pool = Pool.from_object(pool_object("llama"))
     r = role(pool)
     assert r["kind"] == "Role"  # namespaced: nothing cluster-wide
@@ -17,6 +17,12 @@ def test_role_grants_only_reads_of_pods_its_pool_and_its_config_map() -> None:
             "apiGroups": ["inference.networking.k8s.io"],
             "resources": ["inferencepools"],
             "resourceNames": ["llama"],
+            "verbs": ["get", "list", "watch"],
+        },
+        # Every objective of the namespace: the router keeps those whose spec.poolRef names its pool.
+        {
+            "apiGroups": ["inference.networking.x-k8s.io"],
+            "resources": ["inferenceobjectives"],
             "verbs": ["get", "list", "watch"],
         },
         {

@@ -88,10 +88,6 @@ def test_unknown_api_version_and_kind_are_rejected() -> None:
     ]
 
 
-def test_flow_control_is_rejected_rather_than_ignored() -> None:
-    assert rejection(document("flowControl:\n  maxRequests: 10\n")) == "flowControl: Extra inputs are not permitted"
-
-
 @pytest.mark.parametrize("api_version", ["inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"])
 def test_upstream_documents_load_and_their_extra_sections_are_ignored_with_a_warning(
     api_version: str, registry: dict[str, type[Plugin]], caplog: pytest.LogCaptureFixture

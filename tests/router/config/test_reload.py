@@ -3,13 +3,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from kvroute.router.config import ConfigError
+from kvroute.router.config import reload as reload_module
 from kvroute.router.config.builder import LoadedConfig
-from kvroute.router.config.reload import ConfigHolder
+from kvroute.router.config.reload import ConfigHolder, ConfigTooLarge, read_config_file
 from kvroute.router.framework import ApiKind, CycleState, Endpoint, LLMRequest, Plugin
 from kvroute.router.observability import RouterMetrics
 from tests.support import eventually
@@ -189,3 +191,54 @@ async def test_watch_file_reloads_changes_and_survives_bad_ones(
         watcher.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watcher
+
+
+async def test_reload_parses_in_a_worker_thread_and_rejects_deep_nesting_cleanly(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = RouterMetrics()
+    holder = ConfigHolder.load(registry, document(), metrics=metrics)
+    first = holder.current
+    parsed_on: list[str] = []
+    parse = reload_module.parse_config
+
+    def recording_parse(text: str) -> object:
+        parsed_on.append(threading.current_thread().name)
+        return parse(text)
+
+    monkeypatch.setattr(reload_module, "parse_config", recording_parse)
+
+    reloaded = await holder.reload(document(threshold=0.9))
+    with pytest.raises(ConfigError, match="the document is nested too deeply"):
+        await holder.reload("a: " + "[" * 10_000 + "]" * 10_000)
+
+    assert reloaded is holder.current is not first
+    assert reloaded.plugins["threshold-filter"].params.threshold == 0.9
+    assert parsed_on and threading.main_thread().name not in parsed_on
+    assert (reloads(metrics, "success"), reloads(metrics, "failure")) == (1, 1)
+
+
+async def test_the_watch_skips_a_file_over_the_size_limit(
+    tmp_path: Path, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(document())
+    holder = ConfigHolder.load(registry, path.read_text())
+    first = holder.current
+    limit = len(document()) + 100
+    with caplog.at_level(logging.WARNING):
+        watcher = asyncio.create_task(holder.watch_file(path, interval=0.01, max_bytes=limit))
+        try:
+            path.write_text(document(threshold=0.8) + "#" * 200 + "\n")
+            await eventually(lambda: "larger than the" in caplog.text)
+            assert holder.current is first
+            path.write_text(document(threshold=0.8))
+            await eventually(lambda: holder.current is not first)
+        finally:
+            watcher.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await watcher
+
+    assert read_config_file(path, limit) == document(threshold=0.8)
+    with pytest.raises(ConfigTooLarge, match=f"larger than the {limit - 200}-byte limit"):
+        read_config_file(path, limit - 200)

@@ -33,6 +33,9 @@ def test_render_exposes_every_metric_by_name() -> None:
         "kvroute_kv_events_unknown_endpoint_messages",
         "kvroute_kv_events_unindexed_blocks",
         "kvroute_kv_index_entries",
+        "kvroute_upstream_retries",
+        "kvroute_endpoint_breaker_state",
+        "kvroute_endpoint_ejections",
     }
 
 

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,11 @@ from kvroute.router.config.reload import ConfigHolder
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.framework import Endpoint
 from kvroute.router.observability import RouterMetrics
+from kvroute.router.proxy.admin import AdminSettings
+from kvroute.router.proxy.connections import ConnectionLimits
 from kvroute.router.proxy.server import ProxyDoor, ProxyDoorSettings
-from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
+from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT, UpstreamSettings
+from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 from kvroute.router.runtime import CoreSettings, Router, RouterCore
 from tests.support import Processes, ServerProcess, free_port, kvroute_command
@@ -46,6 +49,10 @@ class ProxySettings:
     watch_interval: float = 1.0  # seconds between checks of config_path; 0 disables watching
     shutdown_grace: float = 10.0
     upstream_idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds of upstream silence before failing; 0: none
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # its idle timeout is the one above
+    breaker: BreakerSettings | None = None
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    admin: AdminSettings | None = None  # AdminSettings(port=0): admin routes on a port of the proxy's host
 
 
 class ProxyServer(Router):
@@ -61,14 +68,27 @@ class ProxyServer(Router):
     ) -> None:
         settings = settings or ProxySettings()
         core_settings = CoreSettings(
-            settings.max_body_bytes, settings.config_path, settings.scrape_interval, settings.watch_interval
+            settings.max_body_bytes,
+            settings.config_path,
+            settings.scrape_interval,
+            settings.watch_interval,
+            breaker=settings.breaker,
         )
         core = RouterCore(endpoints, registry, core_settings, config_text=config_text)
+        upstream = replace(settings.upstream, idle_timeout=settings.upstream_idle_timeout)
+        admin = settings.admin
+        if admin is not None:
+            admin = replace(admin, host=settings.host)
         door_settings = ProxyDoorSettings(
-            settings.host, settings.port, settings.shutdown_grace, settings.upstream_idle_timeout
+            settings.host, settings.port, settings.shutdown_grace, upstream, settings.connections, admin
         )
         self.door = ProxyDoor(core.director, door_settings, config_path=settings.config_path)
         super().__init__(core, [self.door])
+
+    @property
+    def admin_url(self) -> str:
+        assert self.door.admin is not None, "started without admin settings"
+        return self.door.admin.base_url
 
     @property
     def metrics(self) -> RouterMetrics:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -305,51 +304,6 @@ async def test_ready_once_an_endpoint_has_fresh_metrics(fakes: Fakes, proxies: P
     assert (no.status, no_body["error"]["message"]) == (503, "not ready: no endpoint has fresh metrics")
     assert (yes.status, yes_body) == (200, {"status": "ready", "endpoints": 2, "fresh": 1})
     assert "kvroute_scheduler_duration_seconds" in text
-
-
-async def test_admin_reload_applies_a_valid_file_and_rejects_an_invalid_one(
-    fakes: Fakes, proxies: Proxies, tmp_path: Path
-) -> None:
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
-    fake = await fakes("pod")
-    proxy = await proxies([fake.endpoint], CONFIG, config_path=str(config), watch_interval=0)
-    without_file = await proxies([fake.endpoint], CONFIG)
-    first = proxy.holder.current
-
-    async with aiohttp.ClientSession() as client:
-        config.write_text(CONFIG.replace("maxNumOfEndpoints: 2", "maxNumOfEndpoints: 1"))
-        async with client.post(f"{proxy.base_url}/admin/reload") as ok:
-            ok_body = await ok.json()
-        second = proxy.holder.current
-        config.write_text(CONFIG.replace("pluginRef: queue-scorer", "pluginRef: missing-scorer"))
-        async with client.post(f"{proxy.base_url}/admin/reload") as rejected:
-            rejected_body = await rejected.json()
-        async with client.post(f"{without_file.base_url}/admin/reload") as no_file:
-            no_file_body = await no_file.json()
-
-    assert ok.status == 200
-    assert ok_body == {
-        "status": "reloaded",
-        "plugins": [
-            "recording-hook",
-            "queue-scorer",
-            "max-score-picker",
-            "single-profile-handler",
-            "utilization-detector",
-        ],
-        "profiles": ["default"],
-    }
-    assert second is not first
-    assert rejected.status == 400
-    assert rejected_body["error"]["code"] == "invalid_config"
-    assert rejected_body["error"]["details"] == [
-        'schedulingProfiles[0].plugins[0].pluginRef: unknown plugin "missing-scorer"'
-    ]
-    assert proxy.holder.current is second
-    assert (no_file.status, no_file_body["error"]["code"]) == (400, "no_config_file")
-    assert sample(proxy, "kvroute_config_reloads_total", result="success") == 1
-    assert sample(proxy, "kvroute_config_reloads_total", result="failure") == 1
 
 
 async def test_chat_streams_pass_through_untouched(fakes: Fakes, proxies: Proxies, kit: Any) -> None:

@@ -20,7 +20,7 @@ from kvroute.router.framework import Endpoint
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 from .conftest import ProxyServer, ProxySettings
 
@@ -174,7 +174,9 @@ async def test_config_reloads_under_load_fail_no_request(
     sims = [sim_fleet.start(*FAST) for _ in range(3)]
     config = tmp_path / "router.yaml"
     config.write_text(LOAD_CONFIG % {"fallbacks": 2, "queue": 1})
-    router = routers(spec_of(sims), config=config)
+    admin_port = free_port()
+    router = routers(spec_of(sims), "--admin-port", str(admin_port), config=config)
+    reload_url = f"http://127.0.0.1:{admin_port}/admin/reload"
 
     async def reloads() -> dict[str, Any]:
         outcomes: dict[str, Any] = {}
@@ -183,12 +185,13 @@ async def test_config_reloads_under_load_fail_no_request(
             config.write_text(LOAD_CONFIG % {"fallbacks": 2, "queue": 3})  # picked up by the file watch
             await asyncio.sleep(1.3)
             config.write_text(LOAD_CONFIG % {"fallbacks": 1, "queue": 2})
-            async with client.post(f"{router.base_url}/admin/reload") as response:
+            async with client.post(reload_url) as response:
                 outcomes["valid"] = (response.status, await response.json())
+            await asyncio.sleep(1.05)  # reloads are at least a second apart
             config.write_text(
                 LOAD_CONFIG.replace("queue-scorer, weight", "no-such-scorer, weight") % {"fallbacks": 1, "queue": 2}
             )
-            async with client.post(f"{router.base_url}/admin/reload") as response:
+            async with client.post(reload_url) as response:
                 outcomes["invalid"] = (response.status, await response.json())
             await asyncio.sleep(1.3)
             async with client.get(f"{router.base_url}/metrics") as response:

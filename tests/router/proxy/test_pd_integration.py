@@ -127,3 +127,70 @@ async def test_a_dead_prefill_endpoint_falls_back_to_plain_decode(pd: Any) -> No
 
     assert answers == [(decode.pod_name, 5, "length")] * 4
     assert await finished(decode, "length") == 4
+
+
+# What a client might send to make a decode engine pull KV blocks from, or push them to, an address of its choice.
+CLIENT_TRANSFER_PARAMS = {
+    "do_remote_decode": True,
+    "do_remote_prefill": True,
+    "remote_engine_id": "client-engine",
+    "remote_block_ids": [0, 1, 2],
+    "remote_host": "198.51.100.7",
+    "remote_port": 5600,
+}
+
+
+async def with_client_params(router: Any, prompt: str, *, stream: bool) -> tuple[int, str, bool]:
+    """(output tokens, finish reason, whether the answer carries kv_transfer_params) of a request whose body
+    has `CLIENT_TRANSFER_PARAMS`."""
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": 5,
+        "stream": stream,
+        "kv_transfer_params": CLIENT_TRANSFER_PARAMS,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    async with aiohttp.ClientSession() as client, client.post(f"{router.base_url}/v1/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        raw = await r.read()
+    if not stream:
+        answer = json.loads(raw)
+        return (
+            answer["usage"]["completion_tokens"],
+            answer["choices"][0]["finish_reason"],
+            "kv_transfer_params" in answer,
+        )
+    events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+    chunks = [json.loads(e) for e in events]
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    carried = any("kv_transfer_params" in c for c in chunks)
+    return chunks[-1]["usage"]["completion_tokens"], reasons[-1], carried
+
+
+@pytest.mark.parametrize("setup", ["pd-prefill-down", "pd-prefill-up", "no-pd"])
+async def test_client_kv_transfer_params_never_reach_an_engine(
+    sim_fleet: Any, routers: Callable[..., Any], tmp_path: Path, setup: str
+) -> None:
+    # The decode engine runs in role "both", so it honours whatever parameters reach it: with the client's
+    # `do_remote_decode` it would stop after one token and answer with its own `kv_transfer_params`.
+    decode = sim_fleet.start(*SIM)
+    if setup == "no-pd":
+        router = routers(f"{decode.host}:{decode.port}")
+    else:
+        prefill = sim_fleet.start(*SIM, "--role", "prefill")
+        config = tmp_path / "pd.yaml"
+        config.write_text(PD_CONFIG % {"mode": "prefill-first"})
+        router = routers(
+            f"{prefill.host}:{prefill.port};role=prefill,{decode.host}:{decode.port};role=decode", config=config
+        )
+        if setup == "pd-prefill-down":
+            prefill.stop()
+
+    answers = [await with_client_params(router, f"steer my KV {i} " * 30, stream=i % 2 == 1) for i in range(4)]
+
+    assert answers == [(5, "length", False)] * 4
+    assert await finished(decode, "length") == 4
+    if setup == "pd-prefill-up":
+        assert await finished(prefill, "length") == 4  # the router's own transfer ran

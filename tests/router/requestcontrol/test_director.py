@@ -17,6 +17,7 @@ from kvroute.router.framework import ApiKind, Endpoint, EndpointMetrics
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
 from kvroute.router.requestcontrol.body import RequestError
+from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.director import Director, Started
 from kvroute.router.requestcontrol.handle import RequestHandle
 
@@ -369,7 +370,7 @@ def test_when_every_endpoint_is_unreachable_all_stay_candidates(setup: Setup) ->
 
 def test_an_unreachable_endpoint_is_tried_again_after_the_cooldown(registry: Registry) -> None:
     setup = Setup(registry)
-    setup.director = Director(setup.holder, setup.pool, setup.metrics, unreachable_cooldown=0.0)
+    setup.director = Director(setup.holder, setup.pool, setup.metrics, breaker=BreakerSettings(open_duration=0.0))
     a = setup.pool.snapshot()[0]
     setup.director.ledger.mark_unreachable(a)
 

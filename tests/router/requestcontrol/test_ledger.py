@@ -7,6 +7,7 @@ import time
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.framework import ApiKind, Endpoint, EndpointMetrics
 from kvroute.router.observability import RouterMetrics
+from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.ledger import Ledger
 
 
@@ -47,7 +48,7 @@ def test_without_metrics_nothing_is_recorded_and_there_is_no_gauge() -> None:
 def test_an_unreachable_endpoint_is_left_out_until_scraped_again_unless_none_would_remain() -> None:
     a, b = Endpoint.create("127.0.0.2", 8000), Endpoint.create("127.0.0.3", 8000)
     pool = EndpointPool([a, b])
-    ledger = Ledger(unreachable_cooldown=60.0)
+    ledger = Ledger(breaker=BreakerSettings(open_duration=60.0))
     both = pool.snapshot()
 
     ledger.mark_unreachable(a)

@@ -223,3 +223,55 @@ def test_remote_prefill_waiting_for_blocks_still_transfers_instead_of_computing(
         prefill_steps.append(result.prefill_tokens)
         now = now + result.duration if result.duration else (engine.next_wakeup() or now)
     assert sum(prefill_steps) == 100  # only the hog's prompt is computed; the remote prompt arrives by transfer
+
+
+def _preempted_victim(hog_tokens: int, threshold: float | None) -> tuple[Engine, list[RequestOutput], list[int]]:
+    """A 20-block engine; "victim" (64-token prompt, 48 tokens of it cached beforehand: 0.75) joins after "hog"
+    (128-token prompt, `hog_tokens` to generate) and, the newest running, is preempted when the hog grows. A hog of
+    190 tokens ends up holding all 20 blocks, which evicts the victim's cached prompt before it can rejoin.
+    Returns the engine, the victim's outputs, and the prefill tokens of every step after the first."""
+    engine = Engine(TINY.with_overrides(num_gpu_blocks=20))
+    _, now = run(engine, [EngineRequest("warmup", prompt_ids(2, 64), 1)])
+    engine.add_request(EngineRequest("hog", prompt_ids(1, 128), hog_tokens))
+    engine.add_request(EngineRequest("victim", prompt_ids(2, 64), 100, cache_hit_threshold=threshold))
+    victim: list[RequestOutput] = []
+    prefills: list[int] = []
+    while engine.has_work():
+        result = engine.step(now)
+        now += result.duration or 0.001
+        victim += [out for out in result.outputs if out.request_id == "victim"]
+        prefills.append(result.prefill_tokens)
+        check_conservation(engine)
+    return engine, victim, prefills[1:]
+
+
+def test_a_preempted_request_is_checked_again_with_the_cache_it_finds_when_it_rejoins() -> None:
+    engine, victim, prefills = _preempted_victim(hog_tokens=190, threshold=0.5)
+
+    assert engine.num_preemptions == 1
+    produced = victim[-2].num_output_tokens
+    assert 0 < produced < 100  # it was decoding when preempted
+    last = victim[-1]
+    # Its prompt was evicted meanwhile: 0 of 64 cached < 0.5, so it finishes as a cold request would at first
+    # admission, without recomputing its prompt and its output here.
+    assert last.finish_reason is FinishReason.CACHE_THRESHOLD
+    assert (last.new_tokens, last.num_output_tokens) == (0, produced)
+    assert last.num_cached_tokens == 48  # what it was served from cache when it first joined, as reported then
+    assert sum(prefills) == 0
+    assert engine.blocks.num_free == 20 and not engine.has_work()
+
+
+def test_without_a_threshold_the_preempted_request_recomputes_and_completes() -> None:
+    engine, victim, prefills = _preempted_victim(hog_tokens=190, threshold=None)
+
+    assert engine.num_preemptions == 1
+    assert victim[-1].finish_reason is FinishReason.LENGTH and victim[-1].num_output_tokens == 100
+    assert sum(prefills) > 64  # its whole prompt and its output so far, computed again
+
+
+def test_a_preempted_request_whose_prefix_is_still_cached_passes_the_check_again() -> None:
+    engine, victim, prefills = _preempted_victim(hog_tokens=100, threshold=0.5)
+
+    assert engine.num_preemptions == 1
+    assert victim[-1].finish_reason is FinishReason.LENGTH and victim[-1].num_output_tokens == 100
+    assert sum(prefills) > 0  # rejoined (48 of 64 prompt tokens still cached: 0.75 >= 0.5) and recomputed the rest

@@ -56,7 +56,7 @@ class OperatorContext:
     api: KubeApi = field(init=False)
     _locks: weakref.WeakValueDictionary[PoolKey, asyncio.Lock] = field(default_factory=weakref.WeakValueDictionary)
     _generations: dict[str, int] = field(default_factory=dict)  # uid -> last reconciled generation
-    _profile_pools: dict[str, PoolKey] = field(default_factory=dict)  # profile uid -> pool it referred to
+    _profile_pools: dict[str, PoolKey] = field(default_factory=dict)  # profile/objective uid -> pool it referred to
 
     def __post_init__(self) -> None:
         self.api = KubeApi(self.login)
@@ -85,7 +85,7 @@ class OperatorContext:
         )
 
     def reconciled(self, body: Mapping[str, Any], event_type: str | None, pool: PoolKey | None = None) -> None:
-        """Records a successful reconcile of `body` (and, for a profile, the pool it refers to)."""
+        """Records a successful reconcile of `body` (and, for a profile or an objective, the pool it refers to)."""
         meta = body.get("metadata", {})
         uid = meta.get("uid", "")
         if event_type == "DELETED":
@@ -98,5 +98,5 @@ class OperatorContext:
             self._profile_pools[uid] = pool
 
     def previous_pool(self, uid: str) -> PoolKey | None:
-        """The pool a profile referred to when it was last reconciled."""
+        """The pool a profile (or an objective) referred to when it was last reconciled."""
         return self._profile_pools.get(uid)

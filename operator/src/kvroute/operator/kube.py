@@ -32,6 +32,7 @@ from kubernetes_asyncio.config.incluster_config import (
 )
 
 from kvroute.operator.settings import FIELD_MANAGER
+from kvroute.router.config import objectives
 
 AUTH = ["BearerToken"]  # the library's name for the Authorization header it fills in
 EXPIRY_MARGIN = datetime.timedelta(seconds=30)  # log in again this long before a credential expires
@@ -111,6 +112,7 @@ class Kind:
 
 INFERENCE_POOL = Kind("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 SCHEDULING_PROFILE = Kind("kvroute.io", "v1alpha1", "schedulingprofiles", "SchedulingProfile")
+INFERENCE_OBJECTIVE = Kind(objectives.GROUP, objectives.VERSION, objectives.PLURAL, objectives.KIND)
 CONFIG_MAP = Kind("", "v1", "configmaps", "ConfigMap")
 SERVICE = Kind("", "v1", "services", "Service")
 SERVICE_ACCOUNT = Kind("", "v1", "serviceaccounts", "ServiceAccount")

@@ -12,7 +12,8 @@ from typing import Any, cast
 import kopf
 
 from kvroute.operator.context import Logger, OperatorContext
-from kvroute.operator.handlers import inferencepool, schedulingprofile
+from kvroute.operator.handlers import inferenceobjective, inferencepool, schedulingprofile
+from kvroute.operator.kube import INFERENCE_OBJECTIVE
 from kvroute.operator.resources.meta import LABEL_MANAGED_BY, MANAGED_BY, POOL_GROUP
 from kvroute.operator.settings import FINALIZER
 
@@ -52,6 +53,15 @@ async def inferencepool_event(type: str, body: kopf.Body, memo: Any, logger: Log
 @kopf.on.event("kvroute.io", "v1alpha1", "schedulingprofiles", id="schedulingprofile_event")
 async def schedulingprofile_event(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
     await schedulingprofile.schedulingprofile_event(_context(memo), type, body, logger)
+
+
+# Without the InferenceObjective CRD in the cluster kopf serves the other kinds and starts watching objectives when
+# the CRD appears.
+@kopf.on.event(
+    INFERENCE_OBJECTIVE.group, INFERENCE_OBJECTIVE.version, INFERENCE_OBJECTIVE.plural, id="inferenceobjective_event"
+)
+async def inferenceobjective_event(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    await inferenceobjective.inferenceobjective_event(_context(memo), type, body, logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=ROUTER_DEPLOYMENTS, id="router_deployment_event")

@@ -11,8 +11,9 @@
    the pool does not control (e.g. a Service someone else created under the endpointPickerRef's name) is left
    alone and logged. A Service the pool controls under another name (the endpointPickerRef was
    renamed or removed) is deleted; every other child keeps its name for the pool's lifetime.
-4. The winner's status: Accepted, Ready (from the router Deployment), configHash, readyReplicas; written only when
-   it differs from the stored one.
+4. The winner's status: Accepted, Ready (from the router Deployment), configHash, readyReplicas, and the pool's
+   InferenceObjectives with their priorities (left out when the operator cannot list them: no CRD in the cluster,
+   or no permission); written only when it differs from the stored one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ import kopf
 
 from kvroute.operator import status
 from kvroute.operator.context import Logger, OperatorContext
-from kvroute.operator.kube import CONFIG_MAP, INFERENCE_POOL, KINDS, SCHEDULING_PROFILE, SERVICE, ApiError
+from kvroute.operator.kube import (
+    CONFIG_MAP,
+    INFERENCE_OBJECTIVE,
+    INFERENCE_POOL,
+    KINDS,
+    SCHEDULING_PROFILE,
+    SERVICE,
+    ApiError,
+)
 from kvroute.operator.models import RouterSpec
 from kvroute.operator.render import RenderedConfig, default_sections, render_config, render_profile
 from kvroute.operator.resources.configmap import config_map
@@ -35,6 +44,7 @@ from kvroute.operator.resources.meta import LABEL_POOL, Pool, bounded
 from kvroute.operator.resources.rbac import role, role_binding, service_account
 from kvroute.operator.resources.service import service
 from kvroute.router.config.errors import ConfigError
+from kvroute.router.config.objectives import pool_priorities
 
 RETRY_DELAY = 10.0  # seconds before kopf retries a reconcile that failed on a transient API error
 
@@ -130,6 +140,7 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str, logger: Lo
             await _write_status(ctx, profile, status.pool_not_found(name), status.not_ready_unaccepted())
         return
     pool = Pool.from_object(pool_obj)
+    objectives = await _objectives(ctx, pool, logger) if profiles else None
     winner, losers = status.elect(profiles)
     for loser in losers:
         winner_name = winner["metadata"]["name"] if winner is not None else ""
@@ -141,7 +152,9 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str, logger: Lo
         if live_config is not None and controlled_by(live_config, pool):
             logger.info("SchedulingProfile rejected; the pool's router keeps its configuration")
             assert winner is not None  # errors come only from a profile
-            await _write_status(ctx, winner, status.invalid(chosen.errors), status.not_ready_unaccepted())
+            await _write_status(
+                ctx, winner, status.invalid(chosen.errors), status.not_ready_unaccepted(), objectives=objectives
+            )
             return
 
     live_deployment: dict[str, Any] | None = None
@@ -154,7 +167,9 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str, logger: Lo
     if winner is None:
         return
     if chosen.errors:
-        await _write_status(ctx, winner, status.invalid(chosen.errors), status.not_ready_unaccepted())
+        await _write_status(
+            ctx, winner, status.invalid(chosen.errors), status.not_ready_unaccepted(), objectives=objectives
+        )
         return
     ready, ready_replicas = status.ready(live_deployment, chosen.config.hash)
     await _write_status(
@@ -165,7 +180,24 @@ async def _reconcile(ctx: OperatorContext, namespace: str, name: str, logger: Lo
         config_hash=chosen.config.hash,
         router_deployment=pool.router_name,
         ready_replicas=ready_replicas,
+        objectives=objectives,
     )
+
+
+async def _objectives(ctx: OperatorContext, pool: Pool, logger: Logger) -> dict[str, int] | None:
+    """The pool's objective -> priority mapping; None when InferenceObjectives cannot be listed (no CRD, 404; no
+    permission, 403), which must not stop the pool's reconcile."""
+    try:
+        listed = await ctx.api.list(INFERENCE_OBJECTIVE, pool.namespace)
+    except ApiError as exc:
+        if exc.status not in (403, 404):
+            raise
+        logger.debug("InferenceObjectives in %s not listed: %s", pool.namespace, exc)
+        return None
+    found = pool_priorities(listed, pool.name)
+    for name, error in found.invalid.items():
+        logger.info("InferenceObjective %s/%s: %s; not reported", pool.namespace, name, error)
+    return found.priorities
 
 
 async def _converge(

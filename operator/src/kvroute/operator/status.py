@@ -5,6 +5,10 @@
   wins) or `InvalidConfig` (the message lists every error with its path in the profile).
 - Ready: True when the pool's router Deployment runs this profile's configuration (its config-hash annotation)
   and has a ready replica; otherwise False with the reason.
+- objectives: the pool's InferenceObjectives (`kvroute.router.config.objectives`), `{name, priority}` sorted by
+  name, with the priority the routers give their requests (0 when the objective sets none); at most
+  `MAX_OBJECTIVES` of them, `objectiveCount` says how many there are. Reported by the profile that configures the
+  pool (also while it is rejected: the routers apply objectives whatever their configuration); absent otherwise.
 
 A condition's `lastTransitionTime` changes only when its status does, so a reconcile that finds nothing new
 computes the status already stored and writes nothing.
@@ -37,6 +41,7 @@ REASON_CONFIG_PENDING = "ConfigPending"
 REASON_ROLLOUT = "RolloutInProgress"
 
 _MAX_MESSAGE = 4096
+MAX_OBJECTIVES = 64
 
 
 class _StatusModel(BaseModel):
@@ -54,6 +59,13 @@ class ConditionModel(_StatusModel):
     observed_generation: int | None = Field(default=None, ge=0)
 
 
+class ObjectiveModel(_StatusModel):
+    """An InferenceObjective of the pool."""
+
+    name: str = Field(min_length=1, max_length=253)
+    priority: int = Field(description="The priority the routers give the objective's requests (unset: 0).")
+
+
 class ProfileStatus(_StatusModel):
     """The `status` of a SchedulingProfile."""
 
@@ -61,6 +73,13 @@ class ProfileStatus(_StatusModel):
     config_hash: str | None = Field(default=None, description="Hash of the rendered router configuration.")
     router_deployment: str | None = Field(default=None, description="The pool's router Deployment.")
     ready_replicas: int | None = Field(default=None, description="Ready router pods.")
+    objectives: list[ObjectiveModel] | None = Field(
+        default=None,
+        max_length=MAX_OBJECTIVES,
+        description=f"The pool's InferenceObjectives, by name (the first {MAX_OBJECTIVES}).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    objective_count: int | None = Field(default=None, description="How many InferenceObjectives the pool has.")
     conditions: list[ConditionModel] = Field(
         default_factory=list,
         max_length=8,
@@ -107,9 +126,11 @@ def profile_status(
     config_hash: str | None = None,
     router_deployment: str | None = None,
     ready_replicas: int | None = None,
+    objectives: Mapping[str, int] | None = None,
     at: str | None = None,
 ) -> dict[str, Any]:
-    """The complete status to store (absent fields as None, so a merge patch removes them)."""
+    """The complete status to store (absent fields as None, so a merge patch removes them). `objectives`: the
+    pool's objective -> priority mapping, None for a profile that does not configure the pool."""
     generation = profile.get("metadata", {}).get("generation")
     previous = (profile.get("status") or {}).get("conditions") or []
     at = at or now()
@@ -118,8 +139,15 @@ def profile_status(
         "configHash": config_hash,
         "routerDeployment": router_deployment,
         "readyReplicas": ready_replicas,
+        "objectives": None if objectives is None else objective_list(objectives),
+        "objectiveCount": None if objectives is None else len(objectives),
         "conditions": [_condition(c, previous, generation, at) for c in (accepted, ready)],
     }
+
+
+def objective_list(priorities: Mapping[str, int]) -> list[dict[str, Any]]:
+    """`{name, priority}` of the first `MAX_OBJECTIVES` objectives by name (the CRD bounds the list)."""
+    return [{"name": name, "priority": priorities[name]} for name in sorted(priorities)[:MAX_OBJECTIVES]]
 
 
 def status_differs(profile: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:

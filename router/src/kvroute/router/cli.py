@@ -5,7 +5,9 @@
 `--grpc-port` (TLS with a self-signed certificate unless `--secure-serving=false`), gRPC health on
 `--grpc-health-port`, Prometheus on `--metrics-port` (see docs/extproc.md). `--mode both` runs the two front doors
 on one router (one pool, one prefix index). Addresses default to 127.0.0.1, so a router started by hand is not
-reachable from other machines (the proxy's `/admin/reload` route included); in a container use `--host 0.0.0.0`.
+reachable from other machines; in a container use `--host 0.0.0.0`. The proxy's admin routes (`POST
+/admin/reload`) are served only with `--admin-port`, on `--admin-host` (127.0.0.1 whatever `--host` is); client
+connections are bounded by `--max-connections` and the header, keep-alive and body timeouts (docs/hardening.md).
 
 Discovery: `--endpoints` lists the model servers (static); `--discovery kubernetes --pool-name NAME` follows the
 Ready pods of that InferencePool instead, optionally with the configuration from a ConfigMap
@@ -24,13 +26,13 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvroute.router.config.models import parse_duration
 from kvroute.router.fleet.defaults import DEFAULT_FLEET_PORT, DEFAULT_PEER_TIMEOUT, DEFAULT_SYNC_INTERVAL
-from kvroute.router.proxy.upstream import DEFAULT_IDLE_TIMEOUT
+from kvroute.router.proxy import flags as proxy_flags
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
+from kvroute.router.resilience_flags import add_flags, breaker_settings, upstream_settings
 
 if TYPE_CHECKING:
     from kvroute.router.extproc.server import ExtProcSettings
@@ -173,15 +175,6 @@ def register(sub: Any) -> None:
         help="metrics scrape interval, e.g. 50ms (default: the config's metrics.scrapeInterval)",
     )
     add(
-        "--upstream-idle-timeout",
-        type=_duration_or_zero,
-        default=DEFAULT_IDLE_TIMEOUT,
-        metavar="DURATION",
-        help="proxy: fail a request when its model server sends no byte for this long once the request is sent "
-        "(a non-streamed answer comes only after the whole generation); 0 disables "
-        f"(default {DEFAULT_IDLE_TIMEOUT:g}s)",
-    )
-    add(
         "--fleet-peers",
         metavar="HOST:PORT,...",
         help="turn fleet sync on with these peer replicas (their --host:--fleet-port; this replica's own address "
@@ -226,6 +219,8 @@ def register(sub: Any) -> None:
         choices=("debug", "info", "warning", "error"),
         help="log level (default info; nothing is logged per request at info)",
     )
+    add_flags(parser, _duration, _duration_or_zero, _positive_int)
+    proxy_flags.add_flags(parser, _duration, _port, _positive_int)
     parser.set_defaults(run=_run, parser=parser)
 
 
@@ -273,8 +268,12 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Rout
     kubernetes = _kubernetes(args, parser)
     text = None
     if args.config is not None:
+        from kvroute.router.config.reload import ConfigTooLarge, read_config_file
+
         try:
-            text = Path(args.config).read_text(encoding="utf-8")
+            text = read_config_file(args.config, args.max_config_bytes)
+        except ConfigTooLarge as exc:
+            parser.error(f"--config: {exc} (--max-config-bytes)")
         except (OSError, UnicodeDecodeError) as exc:
             parser.error(f"cannot read --config {args.config}: {exc}")
     return RouterSettings(
@@ -283,19 +282,29 @@ def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Rout
         config_text=text,
         config_path=args.config,
         max_body_bytes=args.max_body_bytes,
+        max_config_bytes=args.max_config_bytes,
         scrape_interval=args.scrape_interval,
-        proxy=_proxy(args),
+        proxy=_proxy(args, parser),
         extproc=_extproc(args),
         fleet=_fleet(args, parser, kubernetes is not None),
+        breaker=breaker_settings(args),
     )
 
 
-def _proxy(args: argparse.Namespace) -> ProxyDoorSettings | None:
+def _proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ProxyDoorSettings | None:
     if args.mode not in ("proxy", "both"):
+        if args.admin_port is not None:
+            parser.error("--admin-port needs --mode proxy or both")
         return None
     from kvroute.router.proxy.server import ProxyDoorSettings
 
-    return ProxyDoorSettings(host=args.host, port=args.port, upstream_idle_timeout=args.upstream_idle_timeout)
+    return ProxyDoorSettings(
+        host=args.host,
+        port=args.port,
+        upstream=upstream_settings(args),
+        connections=proxy_flags.connection_limits(args),
+        admin=proxy_flags.admin_settings(args, parser),
+    )
 
 
 def _extproc(args: argparse.Namespace) -> ExtProcSettings | None:

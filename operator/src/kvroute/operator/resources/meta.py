@@ -16,6 +16,7 @@ from kvroute.operator.models import InferencePoolSpec
 POOL_GROUP = "inference.networking.k8s.io"
 POOL_API_VERSION = f"{POOL_GROUP}/v1"
 POOL_KIND = "InferencePool"
+OBJECTIVE_GROUP = "inference.networking.x-k8s.io"
 
 MANAGED_BY = "kvroute-operator"
 ROUTER_APP = "kvroute-router"

@@ -1,15 +1,17 @@
 """The router's identity and its least privilege, in the pool's namespace only: read pods, read its own
-InferencePool and its own ConfigMap (by name). Nothing else, and nothing cluster-wide.
+InferencePool and its own ConfigMap (by name), read InferenceObjectives. Nothing else, and nothing cluster-wide.
 
 A `resourceNames` restriction also applies to list and watch when the request selects that one object
 (`fieldSelector=metadata.name=<name>`), which is how the router lists and watches its pool and its ConfigMap.
+InferenceObjectives cannot be narrowed that way: the router lists all of the namespace's and keeps those whose
+`spec.poolRef` names its pool (no field selector reaches into a custom resource's spec).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kvroute.operator.resources.meta import POOL_GROUP, Pool, object_meta
+from kvroute.operator.resources.meta import OBJECTIVE_GROUP, POOL_GROUP, Pool, object_meta
 
 READ = ["get", "list", "watch"]
 
@@ -31,6 +33,7 @@ def role(pool: Pool) -> dict[str, Any]:
         "rules": [
             {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
             {"apiGroups": [POOL_GROUP], "resources": ["inferencepools"], "resourceNames": [pool.name], "verbs": READ},
+            {"apiGroups": [OBJECTIVE_GROUP], "resources": ["inferenceobjectives"], "verbs": READ},
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],

@@ -1,7 +1,8 @@
 """Reading a configuration document: YAML, then the models, then the builder; every failure a `ConfigError`.
 
 The YAML is read with the safe loader, and a key repeated in one mapping is an error (plain YAML keeps the last
-one silently, which hides a second `plugins:` section).
+one silently, which hides a second `plugins:` section). A document nested deeper than the parser's recursion
+limit is rejected like any other invalid YAML.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def parse_config(text: str) -> EndpointPickerConfig:
         raise ConfigError(f"invalid YAML{where}: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: the document is nested too deeply") from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
         raise ConfigError(f"the configuration document is {kind}")

@@ -7,9 +7,10 @@ parameters, roles, references) is checked by `kvroute.router.config.builder`.
 GIE / llm-d compatibility: the three upstream apiVersions are accepted. The upstream sections `featureGates`,
 `dataLayer` and `parser` are accepted and ignored (their contents are not checked): kvroute's data layer is set up
 by `metrics` and discovery, and its request parsing is built in, so they have nothing to configure. A warning
-names them when present. `flowControl` is rejected, not ignored: dropping it would silently change which requests
-are admitted. The GIE-style saturation thresholds (`saturationDetector.queueDepthThreshold` and friends) are mapped
-onto the parameters of the default `utilization-detector`.
+names them when present. `flowControl` follows GIE's field names (`maxBytes`, `maxRequests`, `defaultRequestTTL`,
+`defaultPriorityBand`, `priorityBands[]`); docs/flow-control.md describes its semantics. The GIE-style saturation
+thresholds (`saturationDetector.queueDepthThreshold` and friends) are mapped onto the parameters of the default
+`utilization-detector`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -106,6 +107,97 @@ class AdmissionSpec(_Model):
     default_priority: int = Field(default=0, description="Priority of requests naming no known objective.")
 
 
+_QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti|k|K|M|G|T)?$")
+_QUANTITY_FACTORS = {
+    None: 1,
+    "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+
+
+def parse_quantity(value: object) -> int:
+    """A non-negative integer, or a Kubernetes quantity string ("500M", "1Gi") as an integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _QUANTITY.match(value.strip())):
+        return int(match.group(1)) * _QUANTITY_FACTORS[match.group(2)]
+    raise PydanticCustomError(
+        "quantity",
+        'invalid quantity {value}: expected a non-negative integer or a quantity such as "500M" or "1Gi"',
+        {"value": f'"{value}"' if isinstance(value, str) else repr(value)},
+    )
+
+
+Quantity = Annotated[
+    int,
+    BeforeValidator(parse_quantity),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
+]
+
+DEFAULT_BAND_MAX_BYTES = 1_000_000_000  # GIE's per-band default
+
+
+class PriorityBandSpec(_Model):
+    priority: int = Field(description="Requests of this priority (higher is served first).")
+    priority_name: str | None = Field(default=None, min_length=1, description="Label in metrics; default the number.")
+    max_bytes: Quantity = Field(
+        default=DEFAULT_BAND_MAX_BYTES, description="Bytes of request bodies queued in this band; 0: no limit."
+    )
+    max_requests: int = Field(default=0, ge=0, description="Requests queued in this band; 0: no limit.")
+    fairness_policy_ref: Literal["round-robin-fairness-policy", "global-strict-fairness-policy"] = Field(
+        default="round-robin-fairness-policy", description="Which flow of the band is served next."
+    )
+    ordering_policy_ref: Literal["fcfs-ordering-policy"] = Field(
+        default="fcfs-ordering-policy", description="Which request of a flow is served next."
+    )
+
+
+class DefaultPriorityBandSpec(PriorityBandSpec):
+    """The template of the bands of priorities `priorityBands` does not list (its `priority` is not used)."""
+
+    priority: int = 0
+
+
+class FlowControlSpec(_Model):
+    max_bytes: Quantity = Field(default=0, description="Bytes of request bodies queued in all bands; 0: no limit.")
+    max_requests: int = Field(default=0, ge=0, description="Requests queued in all bands; 0: no limit.")
+    default_request_ttl: Duration = Field(
+        default=30.0,
+        alias="defaultRequestTTL",
+        json_schema_extra={"default": "30s"},
+        description="How long a request may wait in the queue.",
+    )
+    default_priority_band: DefaultPriorityBandSpec = Field(default_factory=DefaultPriorityBandSpec)
+    priority_bands: list[PriorityBandSpec] = Field(default_factory=list)
+    objectives: dict[str, int] = Field(
+        default_factory=dict, description="Priority per inference objective, over `admission.objectives`."
+    )
+
+    @field_validator("priority_bands")
+    @classmethod
+    def _unique_priorities(cls, bands: list[PriorityBandSpec]) -> list[PriorityBandSpec]:
+        seen: dict[int, int] = {}
+        for index, band in enumerate(bands):
+            if band.priority in seen:
+                raise PydanticCustomError(
+                    "duplicate_priority",
+                    "priority {priority} is listed twice (bands {first} and {index})",
+                    {"index": index, "priority": band.priority, "first": seen[band.priority]},
+                )
+            seen[band.priority] = index
+        names = [band.priority_name for band in bands if band.priority_name is not None]
+        if len(names) != len(set(names)):
+            raise PydanticCustomError("duplicate_name", "priorityName must be unique across priorityBands", {})
+        return bands
+
+    def band(self, priority: int) -> PriorityBandSpec:
+        """The configuration of the band of `priority`: the listed one, else the default template."""
+        for band in self.priority_bands:
+            if band.priority == priority:
+                return band
+        return self.default_priority_band
+
+
 class EndpointPickerConfig(_Model):
     api_version: Literal["kvroute.io/v1alpha1", "inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1"]
     kind: Literal["EndpointPickerConfig"]
@@ -114,6 +206,9 @@ class EndpointPickerConfig(_Model):
     saturation_detector: SaturationDetectorSpec = Field(default_factory=SaturationDetectorSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     admission: AdmissionSpec = Field(default_factory=AdmissionSpec)
+    flow_control: FlowControlSpec | None = Field(
+        default=None, description="Queue requests in the router while the pool is saturated; absent: no queueing."
+    )
     feature_gates: list[str] | None = Field(default=None, description="Accepted for GIE compatibility; ignored.")
     data_layer: dict[str, Any] | None = Field(default=None, description="Accepted for GIE compatibility; ignored.")
     parser: dict[str, Any] | None = Field(default=None, description="Accepted for GIE compatibility; ignored.")

@@ -143,7 +143,12 @@ def immediate(error: RequestError) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=error.status),
-            headers=pb.HeaderMutation(set_headers=[header_option("content-type", "application/json")]),
+            headers=pb.HeaderMutation(
+                set_headers=[
+                    header_option("content-type", "application/json"),
+                    *(header_option(name, value) for name, value in error.headers.items()),
+                ]
+            ),
             body=error.json_bytes(),
             details=error.code,
         )

@@ -138,6 +138,27 @@ class RouterMetrics:
         self.kv_index_entries = Gauge(
             "kvroute_kv_index_entries", "Entries held by a KV events consumer's index.", ["plugin_name"], registry=r
         )
+        self.breaker_state = Gauge(
+            "kvroute_endpoint_breaker_state",
+            "Circuit breaker of an endpoint with failures on record: 0 closed, 1 open (ejected), 2 half-open.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "kvroute_endpoint_ejections_total",
+            "Times an endpoint's circuit breaker opened, leaving it out of the candidates, by reason.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "kvroute_upstream_retries_total",
+            "Requests sent again to a fallback endpoint before any response byte reached the client, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._breaker_state = _Children(self.breaker_state)
+        self._ejections = _Children(self.ejections)
+        self._upstream_retries = _Children(self.upstream_retries)
         self._plugin_duration = _Children(self.plugin_duration)
         self._preparation_failures = _Children(self.preparation_failures)
         self._kv_events = _Children(self.kv_events)
@@ -181,6 +202,17 @@ class RouterMetrics:
         """Drops the per-endpoint series of an endpoint that left the pool."""
         self._in_flight.remove_where(0, endpoint)
         self._decisions.remove_where(0, endpoint)
+        self._breaker_state.remove_where(0, endpoint)
+        self._ejections.remove_where(0, endpoint)
+
+    def record_breaker_state(self, endpoint: str, state: int, ejected_because: str | None) -> None:
+        """An endpoint's breaker changed state; `ejected_because` names why it opened (None: it did not)."""
+        self._breaker_state.get(endpoint).set(state)
+        if ejected_because is not None:
+            self._ejections.get(endpoint, ejected_because).inc()
+
+    def record_retry(self, reason: str) -> None:
+        self._upstream_retries.get(reason).inc()
 
     # Request preparation.
 

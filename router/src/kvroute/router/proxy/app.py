@@ -8,16 +8,18 @@ Routes:
   by chunk, each written to the client as soon as it arrives. Upstream headers pass through except hop-by-hop
   ones, plus the headers response hooks ask for (e.g. `x-session-token`) and `x-request-id`. An upstream that
   fails mid-stream ends the stream with an SSE error event (other bodies: the connection is closed, so the client
-  sees a truncated body, not a complete one). A model server silent for the upstream idle timeout fails the
-  request the same way, or with 504 before the status line. `handle.on_disconnect()` runs in a `finally`, so a
-  request the client left (aiohttp cancels the handler) ends too, as 499.
+  sees a truncated body, not a complete one). A model server silent for the upstream idle timeout, or a request
+  past its total timeout, fails the same way, or with 504 before the status line; failures before the status line
+  are retried on the fallbacks first (`upstream`, docs/resilience.md). `handle.on_disconnect()` runs in a
+  `finally`, so a request the client left (aiohttp cancels the handler) ends too, as 499.
 - `GET /v1/models`: the union of every endpoint's `/v1/models` (`data` merged by `id`, first seen wins), asked
   concurrently with a short timeout; 503 when no endpoint answers.
 - `GET /healthz`: the process is alive. `GET /readyz`: a configuration is loaded and at least one endpoint has
   fresh metrics. `GET /metrics`: the router's Prometheus metrics (`observability.page`).
-- `POST /admin/reload`: re-reads the `--config` file through the `ConfigHolder`; 200 with the plugins and
-  profiles now serving, or 400 with every `ConfigError` message (the old configuration keeps serving). Like
-  every route it is served on the proxy's address, which is why that defaults to 127.0.0.1.
+
+Admin routes (`POST /admin/reload`) are not served here but on their own address (`admin`). A request body must
+arrive within the body-read timeout (`connections.ConnectionLimits.body_timeout`), or the answer is 408 and the
+connection is closed.
 
 Every error is an OpenAI-style JSON body (`RequestError`), also for unknown routes and unexpected failures.
 """
@@ -28,19 +30,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from kvroute.router.config.errors import ConfigError
 from kvroute.router.framework import ApiKind, Endpoint
 from kvroute.router.observability.page import metrics_page
+from kvroute.router.proxy.connections import DEFAULT_BODY_TIMEOUT, GUARD
 from kvroute.router.proxy.disaggregation import Opened, open_upstream
 from kvroute.router.proxy.sse import error_event
-from kvroute.router.proxy.upstream import Unreachable, Upstream, response_headers
+from kvroute.router.proxy.upstream import Unreachable, Upstream, UpstreamSettings, response_headers
 from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError
 from kvroute.router.requestcontrol.director import Director
 from kvroute.router.requestcontrol.handle import RequestHandle
@@ -53,18 +54,35 @@ MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 def error_response(error: RequestError) -> web.Response:
-    return web.Response(status=error.status, body=error.json_bytes(), content_type="application/json")
+    return web.Response(
+        status=error.status, body=error.json_bytes(), content_type="application/json", headers=error.headers
+    )
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
+async def _body_timed_out(request: web.Request, seconds: float) -> web.StreamResponse:
+    """408 for a client that did not send its body in time, then the connection is closed (aiohttp would go on
+    reading the rest of the body)."""
+    guard = request.app.get(GUARD)
+    if guard is not None:
+        guard.closed["body_timeout"] += 1
+    response = error_response(RequestError(408, f"the request body did not arrive within {seconds:g}s", "body_timeout"))
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
 class ProxyHandlers:
-    def __init__(self, director: Director, upstream: Upstream, config_path: str | None = None) -> None:
+    def __init__(self, director: Director, upstream: Upstream, body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.director = director
         self.upstream = upstream
-        self.config_path = config_path
+        self.body_timeout = body_timeout
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, ApiKind.COMPLETIONS)
@@ -77,9 +95,12 @@ class ProxyHandlers:
         try:
             intake = director.open(api, request.content_length)
             try:
-                raw = await request.read()
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise intake.refuse() from None
+            except TimeoutError:
+                return await _body_timed_out(request, self.body_timeout)
             started = director.start(api, raw, request.headers.items())
             handle = started if isinstance(started, RequestHandle) else await started
         except RequestError as exc:
@@ -88,7 +109,7 @@ class ProxyHandlers:
             return await self._forward(request, handle)
         except Exception:
             handle.complete("internal error", status=500)
-            raise  # logged and answered by the `_json_errors` middleware
+            raise  # logged and answered by the `json_errors` middleware
         finally:
             handle.on_disconnect()
 
@@ -96,6 +117,9 @@ class ProxyHandlers:
         try:
             opened = await open_upstream(self.upstream, handle, request.path)
         except Unreachable as exc:
+            if exc.timed_out:
+                handle.complete(f"upstream timed out: {exc.reason}", status=504)
+                return error_response(RequestError(504, "no model server answered in time", "upstream_timeout"))
             handle.complete(f"upstream unreachable: {exc.reason}", status=502)
             return error_response(RequestError(502, "no endpoint could be reached", "upstream_unreachable"))
         except aiohttp.SocketTimeoutError:
@@ -207,32 +231,12 @@ class ProxyHandlers:
         fresh = sum(not e.metrics.stale for e in endpoints)
         return _json({"status": "ready", "endpoints": len(endpoints), "fresh": fresh})
 
-    async def reload(self, request: web.Request) -> web.Response:
-        if self.config_path is None:
-            return error_response(RequestError(400, "the router was started without --config", "no_config_file"))
-        path = Path(self.config_path)
-        try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            return error_response(RequestError(400, f"cannot read {path}: {exc}", "config_unreadable"))
-        try:
-            config = self.director.holder.reload_text(text)
-        except ConfigError as exc:
-            error = RequestError(
-                400, "the configuration was rejected; the previous one keeps serving", "invalid_config"
-            )
-            body = error.body()
-            body["error"]["details"] = list(exc.errors)
-            return _json(body, status=400)
-        log.info("configuration reloaded from %s", path)
-        return _json({"status": "reloaded", "plugins": list(config.plugins), "profiles": list(config.profiles)})
-
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -246,11 +250,18 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return error_response(RequestError(500, "internal error", "internal_error"))
 
 
-def build_app(director: Director, session: aiohttp.ClientSession, *, config_path: str | None = None) -> web.Application:
-    """The proxy application; `session` is the one upstream HTTP seam (its owner closes it). `/metrics` serves the
-    metrics of the Director's ledger (none without)."""
-    handlers = ProxyHandlers(director, Upstream(session), config_path)
-    app = web.Application(client_max_size=director.max_body_bytes, middlewares=[_json_errors])
+def build_app(
+    director: Director,
+    session: aiohttp.ClientSession,
+    *,
+    upstream: UpstreamSettings | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+) -> web.Application:
+    """The proxy application; `session` is the one upstream HTTP seam (its owner closes it), `upstream` the
+    timeouts and retries of the requests sent through it; `body_timeout` the seconds a client has to send a
+    request body. `/metrics` serves the metrics of the Director's ledger (none without)."""
+    handlers = ProxyHandlers(director, Upstream(session, upstream), body_timeout)
+    app = web.Application(client_max_size=director.max_body_bytes, middlewares=[json_errors])
     add = app.router.add_route
     add("POST", "/v1/completions", handlers.completions)
     add("POST", "/v1/chat/completions", handlers.chat_completions)
@@ -260,5 +271,4 @@ def build_app(director: Director, session: aiohttp.ClientSession, *, config_path
     metrics = director.ledger.metrics
     if metrics is not None:
         add("GET", "/metrics", metrics_page(metrics))
-    add("POST", "/admin/reload", handlers.reload)
     return app

@@ -1,7 +1,8 @@
 """Opening the upstream response for a request, executing its P/D plan on the way (the proxy has no sidecar).
 
 Without a `DisaggregationPlan` in the scheduling result the client's body bytes go as they are to the scheduled
-endpoints, primary first. With one:
+endpoints, primary first, unless they carry `kv_transfer_params`: those are removed from every body the proxy
+sends (`prefill.client_body`), so that only the router's own reach an engine. With a plan:
 
 - `prefill-first`: the prefill request (`requestcontrol.prefill`) goes to the plan's prefill endpoint; the decode
   request then goes to the decode endpoints with the `kv_transfer_params` the prefill answered
@@ -51,13 +52,13 @@ async def open_upstream(upstream: Upstream, handle: RequestHandle, path: str) ->
     headers = request_headers(handle.upstream_headers())
     plan = handle.result.disaggregation
     if plan is None:
-        endpoint, response = await upstream.open(handle, handle.endpoints, path, handle.raw_body, headers)
+        endpoint, response = await upstream.open(handle, handle.endpoints, path, _client_bytes(handle), headers)
         return Opened(endpoint, response)
     if plan.mode == "decode-first":
         return await _decode_first(upstream, handle, plan, path, headers)
     params = await _prefill(upstream, handle, plan, path, headers)
     reset = "cache_hit_threshold" in handle.request.body
-    body = handle.raw_body if params is None else _decode_body(handle, params, reset_threshold=reset)
+    body = _client_bytes(handle) if params is None else _decode_body(handle, params, reset_threshold=reset)
     endpoint, response = await upstream.open(handle, handle.endpoints, path, body, headers)
     return Opened(endpoint, response)
 
@@ -65,7 +66,7 @@ async def open_upstream(upstream: Upstream, handle: RequestHandle, path: str) ->
 async def _decode_first(
     upstream: Upstream, handle: RequestHandle, plan: DisaggregationPlan, path: str, headers: dict[str, str]
 ) -> Opened:
-    first = prefill.dumps({**handle.request.body, "cache_hit_threshold": plan.cache_hit_threshold})
+    first = prefill.dumps({**prefill.client_body(handle.request.body), "cache_hit_threshold": plan.cache_hit_threshold})
     endpoint, response = await upstream.open(handle, handle.endpoints, path, first, headers)
     if response.status != 200:
         return Opened(endpoint, response)
@@ -101,6 +102,13 @@ async def _prefill(
         else:
             log.warning("prefill of request %s on %s: %s", handle.request.request_id, target.id, failed.reason)
         return None
+
+
+def _client_bytes(handle: RequestHandle) -> bytes:
+    """The client's body bytes as they came, or re-encoded without the `kv_transfer_params` it carried."""
+    if prefill.TRANSFER_PARAMS not in handle.request.body:
+        return handle.raw_body
+    return prefill.dumps(prefill.client_body(handle.request.body))
 
 
 def _decode_body(handle: RequestHandle, params: dict[str, Any] | None, *, reset_threshold: bool) -> bytes:

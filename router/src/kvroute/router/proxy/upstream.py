@@ -1,25 +1,35 @@
-"""The proxy's one seam to the model servers: a shared `aiohttp.ClientSession` and the attempt/fallback rule.
+"""The proxy's one seam to the model servers: a shared `aiohttp.ClientSession` and the attempt/retry rule.
 
 The session keeps connections alive (`keepalive_timeout` below the 5 s idle timeout of uvicorn, which vLLM
-serves with, so the router closes an idle connection before the server does), has no connection cap (`limit=0`)
-and no total timeout (a generation may take minutes). Connecting is bounded, and so is silence: once the request
-is sent, an upstream that sends no byte for `idle_timeout` seconds (the status line, or the next body chunk) fails
-the request with `aiohttp.SocketTimeoutError`, so a hung model server cannot hold a request forever. A
-non-streamed answer only starts when the whole generation is done, so the bound must exceed the longest one.
-aiohttp sets TCP_NODELAY on every connection, so a small SSE chunk is never held back by Nagle's algorithm. Bodies
-pass through undecoded (`auto_decompress=False`), and the client's `Accept-Encoding` is not forwarded, so the
-usage the Director reads arrives uncompressed.
+serves with, so the router closes an idle connection before the server does) and has no connection cap
+(`limit=0`). aiohttp sets TCP_NODELAY on every connection, so a small SSE chunk is never held back by Nagle's
+algorithm. Bodies pass through undecoded (`auto_decompress=False`), and the client's `Accept-Encoding` is not
+forwarded, so the usage the Director reads arrives uncompressed.
 
-Retry rule: only a failure before any response byte moves on to the next endpoint (connection refused, reset or
-closed before the status line, connect timeout). A connection closed before the status line is first retried once
-on the same endpoint: a pooled keep-alive connection the server had just closed looks exactly like that. Once the
-status line arrived the request is never sent again, nor after the idle timeout: the endpoint has the request and
-may still be working on it.
+Timeouts (`UpstreamSettings`, docs/resilience.md): connecting is bounded (`connect_timeout`); a streamed request
+must get its status line within `first_byte_timeout` (model servers send it at once, before the generation);
+once the request is sent, an upstream silent for `idle_timeout` (a non-streamed request's status line, which
+only comes after the whole generation, or the next body chunk) fails it with `aiohttp.SocketTimeoutError`; and
+the whole request, retries and relay included, is bounded by `total_timeout` from its first attempt.
+
+Retry rule: a request moves on to the next endpoint of its scheduling result (the picker's fallbacks, in order)
+only before any response byte reached the client: after a connection failure (refused, reset or closed before
+the status line, connect timeout), after no status line within the first-byte timeout, or after an answer with
+one of `RetryPolicy.statuses` (whose body is dropped). Each retry waits an exponential backoff with jitter
+first; at most `max_retries` retries, and never beyond the last fallback: the last endpoint's answer, whatever
+its status, goes to the client. A connection closed before the status line is first retried once at once on the
+same endpoint: a pooled keep-alive connection the server had just closed looks exactly like that. A non-streamed
+request silent for the idle timeout is not sent again: the endpoint may still be generating its answer. Every
+outcome is reported to the request's handle, which feeds the endpoints' circuit breakers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -51,8 +61,45 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 _NO_AUTO_HEADERS = ("Accept-Encoding",)
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_FIRST_BYTE_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_TOTAL_TIMEOUT = 1800.0
+DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 KEEPALIVE_TIMEOUT = 4.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries onto the fallbacks: the n-th retry (from 0) waits `min(initial_backoff * multiplier**n,
+    max_backoff)`, scaled by a factor drawn uniformly from `[1 - jitter, 1 + jitter]`."""
+
+    max_retries: int = 3
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+    statuses: frozenset[int] = DEFAULT_RETRY_STATUSES
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("retries, backoffs cannot be negative and the multiplier is at least 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("the retry jitter is a fraction (0..1)")
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        base = min(self.initial_backoff * self.multiplier**retry, self.max_backoff)
+        return base * (1 + self.jitter * (2 * rng.random() - 1))
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Seconds; 0 turns a timeout off."""
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    first_byte_timeout: float = DEFAULT_FIRST_BYTE_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def create_session(
@@ -60,16 +107,17 @@ def create_session(
 ) -> aiohttp.ClientSession:
     """`idle_timeout` 0 means no bound on the upstream's silence."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout or None)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None, sock_read=idle_timeout or None)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
 
 class Unreachable(Exception):
-    """No endpoint could be reached; `reason` is the last failure."""
+    """No endpoint could be reached, or none answered in time (`timed_out`); `reason` is the last failure."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.timed_out = timed_out
 
 
 def _connection_names(value: str | None) -> set[str]:
@@ -98,8 +146,15 @@ def response_headers(upstream: CIMultiDictProxy[str], added: Mapping[str, str]) 
 
 
 class Upstream:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: UpstreamSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.session = session
+        self.settings = settings or UpstreamSettings()
+        self._rng = rng or random.Random()
         self._urls: dict[tuple[str, str], URL] = {}
 
     def url(self, endpoint: Endpoint, path: str) -> URL:
@@ -114,14 +169,35 @@ class Upstream:
         return url
 
     async def post(
-        self, endpoint: Endpoint, path: str, body: bytes, headers: Mapping[str, str]
+        self,
+        endpoint: Endpoint,
+        path: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        deadline: float | None = None,
+        first_byte: bool = False,
     ) -> aiohttp.ClientResponse:
         """One attempt; the status line and headers have arrived when it returns. Raises
         `aiohttp.ClientConnectionError` (or `TimeoutError`) when nothing came back, `aiohttp.SocketTimeoutError`
-        when the endpoint took the request and then stayed silent for the idle timeout."""
-        return await self.session.post(
-            self.url(endpoint, path), data=body, headers=headers, skip_auto_headers=_NO_AUTO_HEADERS
+        when the endpoint took the request and then stayed silent for the idle timeout, `TimeoutError` when
+        `first_byte` is set and the status line took longer than the first-byte timeout, or the request passed its
+        `deadline` (a `time.perf_counter()`); the deadline also bounds reading the response."""
+        settings = self.settings
+        timeout = None
+        if deadline is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=max(deadline - time.perf_counter(), 0.001),
+                sock_connect=settings.connect_timeout or None,
+                sock_read=settings.idle_timeout or None,
+            )
+        send = self.session.post(
+            self.url(endpoint, path), data=body, headers=headers, skip_auto_headers=_NO_AUTO_HEADERS, timeout=timeout
         )
+        if first_byte and settings.first_byte_timeout:
+            async with asyncio.timeout(settings.first_byte_timeout):
+                return await send
+        return await send
 
     async def open(
         self,
@@ -131,21 +207,48 @@ class Upstream:
         body: bytes,
         headers: Mapping[str, str],
     ) -> tuple[Endpoint, aiohttp.ClientResponse]:
-        """Sends to the first endpoint that answers, in order, telling the handle about every attempt."""
-        reason = "no endpoint to try"
-        for endpoint in endpoints:
+        """Sends to the endpoints in order until one answers as the retry rule accepts, telling the handle about
+        every attempt; raises `Unreachable` when none did. The total timeout counts from the request's start."""
+        policy, total = self.settings.retry, self.settings.total_timeout
+        deadline = handle.started + total if total else None
+        stream = handle.request.stream
+        tries = endpoints[: policy.max_retries + 1]
+        reason, timed_out = "no endpoint to try", False
+        for index, endpoint in enumerate(tries):
+            if index > 0:
+                await asyncio.sleep(policy.backoff(index - 1, self._rng))
+            if deadline is not None and time.perf_counter() >= deadline:
+                raise Unreachable("the request's total timeout passed", timed_out=True)
             handle.on_forward(endpoint)
             for attempt in range(2):
                 try:
-                    return endpoint, await self.post(endpoint, path, body, headers)
+                    response = await self.post(endpoint, path, body, headers, deadline=deadline, first_byte=stream)
                 except aiohttp.SocketTimeoutError:
+                    handle.on_attempt_failed(endpoint, "idle_timeout")
                     raise
                 except aiohttp.ServerDisconnectedError as exc:
                     reason = f"{endpoint.id}: {exc.message or 'server disconnected'}"
                     if attempt == 0:
                         continue
+                    handle.on_unreachable(endpoint, reason)
                 except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                    reason = f"{endpoint.id}: {exc or type(exc).__name__}"
-                handle.on_unreachable(endpoint, reason)
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        handle.on_attempt_failed(endpoint, "total_timeout")
+                        raise Unreachable("the request's total timeout passed", timed_out=True) from None
+                    timed_out = isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError)
+                    if timed_out:
+                        reason = f"{endpoint.id}: no first byte within {self.settings.first_byte_timeout:g}s"
+                        handle.on_attempt_failed(endpoint, "first_byte_timeout")
+                    else:
+                        reason = f"{endpoint.id}: {exc or type(exc).__name__}"
+                        handle.on_unreachable(endpoint, reason)
+                else:
+                    status = response.status
+                    if status not in policy.statuses or index == len(tries) - 1:
+                        return endpoint, response
+                    response.release()
+                    timed_out = False
+                    reason = f"{endpoint.id}: status {status}"
+                    handle.on_attempt_failed(endpoint, f"status_{status}")
                 break
-        raise Unreachable(reason)
+        raise Unreachable(reason, timed_out=timed_out)

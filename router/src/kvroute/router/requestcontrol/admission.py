@@ -1,8 +1,9 @@
 """Admission: whether a request may be scheduled at all, decided before the scheduler runs.
 
 A request's priority comes from its objective, named by the `x-gateway-inference-objective` header and looked up
-in the configured objectives (name -> priority, as in InferenceObjective `spec.priority`; higher is more
-important). No header, or an objective this router does not know, gives `default_priority`.
+first from the `ObjectivePriorities` provider (the cluster's InferenceObjectives), then in the configured objectives
+(name -> priority, as in InferenceObjective `spec.priority`; higher is more important). No header, or an objective
+this router does not know, gives `default_priority`.
 
 Decision, in order (the same as GIE's endpoint picker without its flow-control layer):
 
@@ -11,7 +12,9 @@ Decision, in order (the same as GIE's endpoint picker without its flow-control l
 3. priority < 0 ("sheddable") -> `AdmissionRejected(429)` when the saturation detector reports
    `saturation(candidates) >= 1.0`, else admitted. Without a detector nothing is ever shed.
 
-Requests are never queued here: a rejected request is answered at once and the client may retry.
+Requests are never queued here: a rejected request is answered at once and the client may retry. With
+`flowControl` the Director builds this without a detector, so nothing is shed: saturation makes requests wait in
+the flow-control queue instead (`requestcontrol.flowcontrol`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from kvroute.router.framework.endpoint import Endpoint
+from kvroute.router.framework.objectives import ObjectivePriorities
 from kvroute.router.framework.plugins import NoEndpointsError, SaturationDetector
 from kvroute.router.framework.request import LLMRequest
 
@@ -41,8 +45,10 @@ class Admission:
         detector: SaturationDetector | None,
         objectives: Mapping[str, int],
         default_priority: int = 0,
+        provider: ObjectivePriorities | None = None,
     ) -> None:
         self._detector = detector
+        self._provider = provider
         self._objectives: Mapping[str, int] = MappingProxyType(dict(objectives))
         self._default_priority = default_priority
 
@@ -59,6 +65,10 @@ class Admission:
         objective = self.objective_for(headers)
         if objective is None:
             return self._default_priority
+        if self._provider is not None:
+            priority = self._provider.priority_of(objective)
+            if priority is not None:
+                return priority
         return self._objectives.get(objective, self._default_priority)
 
     def admit(self, request: LLMRequest, candidates: Sequence[Endpoint]) -> None:

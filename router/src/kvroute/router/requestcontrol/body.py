@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +39,21 @@ class RequestError(Exception):
     """A request answered with an error instead of being forwarded: an HTTP status and an OpenAI-style body
     `{"error": {"message", "type", "param", "code"}}`, where `code` is a short machine-readable reason."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        param: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.headers: Mapping[str, str] = headers or {}  # sent with the answer (e.g. `retry-after` on a 429)
 
     @property
     def type(self) -> str:

@@ -6,7 +6,8 @@ server) translate their protocol into these calls and nothing else:
     started = director.start(api, intake.body, headers, subset)   # or RequestError: answer it and stop
     handle = started if isinstance(started, RequestHandle) else await started
     handle.on_forward(endpoint)                          # before each attempt (primary, then fallbacks)
-    handle.on_unreachable(endpoint, reason)              # an attempt failed before any response byte
+    handle.on_unreachable(endpoint, reason)              # an attempt could not connect (its breaker opens)
+    handle.on_attempt_failed(endpoint, reason)           # an attempt failed before any byte reached the client
     handle.on_response_headers(endpoint, status, headers)
     handle.on_response_chunk(endpoint, data)             # every body chunk, as it passes
     handle.on_output_estimate(endpoint, tokens)          # instead, when the body is not seen (ext_proc light)
@@ -26,10 +27,17 @@ request, awaits every preparer (in order, with the candidates), then schedules. 
 client goes away while it is being prepared is recorded as 499. A configuration without preparers schedules
 synchronously, without awaiting anything.
 
-The handle reports to the `Ledger` (request metrics, in-flight gauges, fleet peers, unreachable endpoints);
-`candidates` leaves out the endpoints the ledger holds unreachable. With `fleet` (router replicas sharing their
-state, `kvroute.router.fleet.sync`), the request is recorded for the peers after its PreRequest hooks, its output
-tokens as they stream and its completion.
+With `flowControl` in the configuration, `start` always returns an awaitable: the request is parsed and admitted
+(nothing is shed), then waits in the `FlowController` (its band is its priority, its flow the
+`x-gateway-inference-fairness-id` header, else its objective, else "default-flow") until the saturation detector
+leaves room; then it is prepared and scheduled on the candidates of that moment. A full queue answers 429 (with
+`Retry-After`), a request that waited `defaultRequestTTL` answers 503, and a client that goes away while queued
+leaves the queue (recorded as 499). Every request's end wakes the queue. docs/flow-control.md has the semantics.
+
+The handle reports to the `Ledger` (request metrics, in-flight gauges, fleet peers, the endpoints' circuit
+breakers, `breaker`); `candidates` leaves out the endpoints whose breaker is open. With `fleet` (router replicas
+sharing their state, `kvroute.router.fleet.sync`), the request is recorded for the peers after its PreRequest
+hooks, its output tokens as they stream and its completion.
 
 Metrics: request totals and durations by API and status (499 for a client that went away), the in-flight gauge
 of the endpoint serving the request (the decode endpoint in P/D; it moves with a fallback), and the prefix hit
@@ -43,10 +51,11 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import NamedTuple
 
 from kvroute.router.config.builder import LoadedConfig
+from kvroute.router.config.models import FlowControlSpec
 from kvroute.router.config.reload import ConfigHolder
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.fleet.sync import FleetSync
@@ -58,6 +67,7 @@ from kvroute.router.framework import (
     NoEndpointsError,
     PreparationFailed,
 )
+from kvroute.router.framework.objectives import ObjectivePriorities
 from kvroute.router.observability import RouterMetrics
 from kvroute.router.requestcontrol.admission import Admission, AdmissionRejected
 from kvroute.router.requestcontrol.body import (
@@ -67,6 +77,9 @@ from kvroute.router.requestcontrol.body import (
     parse_body,
     valid_request_id,
 )
+from kvroute.router.requestcontrol.breaker import BreakerSettings
+from kvroute.router.requestcontrol.flowcontrol.controller import RETRY_AFTER_SECONDS, FlowController, FlowRejected
+from kvroute.router.requestcontrol.flowcontrol.metrics import FlowControlMetrics
 from kvroute.router.requestcontrol.handle import CLIENT_CLOSED, RequestHandle
 from kvroute.router.requestcontrol.intake import Intake
 from kvroute.router.requestcontrol.ledger import Ledger
@@ -74,6 +87,8 @@ from kvroute.router.requestcontrol.ledger import Ledger
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+FAIRNESS_ID_HEADER = "x-gateway-inference-fairness-id"
+DEFAULT_FLOW = "default-flow"  # GIE's flow of requests naming no fairness id
 EP_PREPARE = "Preparer.prepare"  # `extension_point` label of the preparers' latency
 
 Started = RequestHandle | Awaitable[RequestHandle]
@@ -104,14 +119,17 @@ class Director:
         metrics: RouterMetrics | None = None,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        unreachable_cooldown: float = 5.0,
+        breaker: BreakerSettings | None = None,
         fleet: FleetSync | None = None,
+        objectives: ObjectivePriorities | None = None,
     ) -> None:
         self.holder = holder
         self.pool = pool
-        self.ledger = Ledger(metrics, fleet, unreachable_cooldown=unreachable_cooldown)
+        self.ledger = Ledger(metrics, fleet, breaker=breaker)
         self.max_body_bytes = max_body_bytes
         self._admission: tuple[LoadedConfig, Admission] | None = None
+        self.objectives = objectives  # the cluster's objective priorities, over the configured ones
+        self._flow: FlowController | None = None
 
     def open(self, api: ApiKind, length: int | None = None) -> Intake:
         """The intake of a request's body; raises the 413 `RequestError` (recorded) when `length`, the size the
@@ -129,6 +147,8 @@ class Director:
         be forwarded. `subset` (a gateway's hint) restricts the candidates as in `candidates`. Returns the handle,
         or, when the configuration prepares requests, an awaitable of it (which may raise `RequestError` too).
         The caller must end the handle it gets (`complete`, `on_disconnect`), whatever happens next."""
+        if self.holder.current.document.flow_control is not None:
+            return self._start_queued(api, raw, headers, subset)
         if self.holder.current.preparers:
             return self._start_prepared(api, raw, headers, subset)
         started = time.perf_counter()
@@ -152,6 +172,53 @@ class Director:
         except asyncio.CancelledError:
             self.ledger.record(api, CLIENT_CLOSED, time.perf_counter() - started)
             raise
+
+    async def _start_queued(
+        self, api: ApiKind, raw: bytes, headers: Iterable[tuple[str, str]], subset: Collection[str] | None
+    ) -> RequestHandle:
+        started = time.perf_counter()
+        try:
+            admitted = self._admit(api, raw, headers, subset)
+            flow_control = admitted.config.document.flow_control
+            assert (
+                flow_control is not None
+            )  # `start` checked: the request keeps the configuration it was admitted under
+            flow = self._flow_for(flow_control)
+            request = admitted.request
+            try:
+                await flow.wait(request.priority, _flow_id(request), len(raw))
+            except FlowRejected as exc:
+                headers_out = {"retry-after": str(RETRY_AFTER_SECONDS)} if exc.status == 429 else {}
+                raise RequestError(exc.status, exc.message, exc.reason, headers=headers_out) from None
+            try:
+                admitted = admitted._replace(candidates=self.candidates(subset))
+                if not admitted.candidates:
+                    raise RequestError(503, "no endpoint can serve the request", "no_endpoints")
+                await self._prepare(admitted)
+                return self._schedule(admitted, started, on_release=flow.wake)
+            finally:
+                flow.settled()
+        except RequestError as exc:
+            self.ledger.record(api, exc.status, time.perf_counter() - started)
+            raise
+        except asyncio.CancelledError:
+            self.ledger.record(api, CLIENT_CLOSED, time.perf_counter() - started)
+            raise
+
+    def _flow_for(self, spec: FlowControlSpec) -> FlowController:
+        flow = self._flow
+        if flow is None:
+            metrics = self.ledger.metrics
+            flow = self._flow = FlowController(
+                spec,
+                lambda: self.holder.current.saturation_detector,
+                self.candidates,
+                FlowControlMetrics(metrics.registry) if metrics is not None else None,
+            )
+            self.pool.subscribe(lambda _change: flow.wake())
+        else:
+            flow.configure(spec)
+        return flow
 
     def not_ready_reason(self) -> str | None:
         """None when the router can serve (at least one endpoint has fresh metrics); otherwise why not."""
@@ -212,7 +279,9 @@ class Director:
             if metrics is not None:
                 metrics.plugin_observer(EP_PREPARE, preparer.type_name, preparer.name)(time.perf_counter() - t)
 
-    def _schedule(self, admitted: _Admitted, started: float) -> RequestHandle:
+    def _schedule(
+        self, admitted: _Admitted, started: float, on_release: Callable[[], None] | None = None
+    ) -> RequestHandle:
         config, request, candidates = admitted.config, admitted.request, admitted.candidates
         request_id = request.request_id
         state = CycleState()
@@ -225,7 +294,7 @@ class Director:
             raise RequestError(500, "scheduling the request failed", "scheduling_failed") from None
         if not result.endpoints:
             raise RequestError(503, "no endpoint can serve the request", "no_endpoints")
-        handle = RequestHandle(self.ledger, config, request, state, result, admitted.raw, started)
+        handle = RequestHandle(self.ledger, config, request, state, result, admitted.raw, started, on_release)
         for hook in config.pre_request:
             try:
                 hook.pre_request(state, request, result)
@@ -242,16 +311,26 @@ class Director:
         cached = self._admission
         if cached is not None and cached[0] is config:
             return cached[1]
-        spec = config.admission
-        admission = Admission(config.saturation_detector, spec.objectives, spec.default_priority)
+        spec, flow_control = config.admission, config.document.flow_control
+        if flow_control is None:
+            admission = Admission(config.saturation_detector, spec.objectives, spec.default_priority, self.objectives)
+        else:  # saturation queues requests instead of shedding them
+            objectives = {**spec.objectives, **flow_control.objectives}
+            admission = Admission(None, objectives, spec.default_priority, self.objectives)
         self._admission = (config, admission)
         return admission
 
     def candidates(self, subset: Collection[str] | None = None) -> tuple[Endpoint, ...]:
-        """The pool's endpoints a request may go to, without those the ledger holds unreachable (unless that
+        """The pool's endpoints a request may go to, without those whose circuit breaker is open (unless that
         would leave none). With `subset` (endpoint ids `ip:port`, or bare IPs meaning every port of that address)
         only those, which may leave none."""
         snapshot = self.pool.snapshot()
         if subset is not None:
             snapshot = tuple(e for e in snapshot if e.id in subset or e.address in subset)
         return self.ledger.reachable(self.pool, snapshot)
+
+
+def _flow_id(request: LLMRequest) -> str:
+    """The request's flow in its band: its fairness id, else its objective, else GIE's default flow."""
+    fairness_id = request.headers.get(FAIRNESS_ID_HEADER, "").strip()
+    return fairness_id or request.objective or DEFAULT_FLOW

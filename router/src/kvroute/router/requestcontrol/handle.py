@@ -5,15 +5,16 @@
 (success, upstream error, client disconnect, cancellation); later calls do nothing. `on_disconnect` is that end
 when the client went away, recorded as `CLIENT_CLOSED` (499). A hook that raises is logged and the others still
 run, so one faulty plugin cannot leak another's per-request state. The handle reports to the router's `Ledger`:
-it moves the in-flight gauge to the endpoint serving the request, marks endpoints unreachable, tells the fleet
-peers of the output as it streams, and records the request on completion.
+it moves the in-flight gauge to the endpoint serving the request, reports every attempt's outcome to the
+endpoints' circuit breakers (unreachable, failed, answered), tells the fleet peers of the output as it streams,
+and records the request on completion.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import Gauge
 
@@ -34,9 +35,11 @@ class RequestHandle:
     __slots__ = (
         "_answered",
         "_done",
+        "_failure",
         "_gauge",
         "_gauge_endpoint",
         "_ledger",
+        "_on_release",
         "_reader",
         "_started",
         "config",
@@ -57,8 +60,10 @@ class RequestHandle:
         result: SchedulingResult,
         raw_body: bytes,
         started: float,
+        on_release: Callable[[], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._on_release = on_release  # told once the request has ended (flow control: room may have freed)
         self.config = config
         self.request = request
         self.state = state
@@ -69,6 +74,7 @@ class RequestHandle:
         self._started = started
         self._done = False
         self._answered: Endpoint | None = None
+        self._failure: str | None = None  # why the last attempt failed, until the next one (a retry) starts
         self._reader: ResponseReader | None = None
         self._gauge_endpoint: Endpoint | None = None
         self._gauge: Gauge | None = None
@@ -78,6 +84,11 @@ class RequestHandle:
     def endpoints(self) -> tuple[Endpoint, ...]:
         """The primary target first, then the fallbacks to try if it cannot be reached."""
         return self.result.endpoints
+
+    @property
+    def started(self) -> float:
+        """When the request arrived (`time.perf_counter()`)."""
+        return self._started
 
     @property
     def done(self) -> bool:
@@ -92,19 +103,34 @@ class RequestHandle:
         return headers
 
     def on_forward(self, endpoint: Endpoint) -> None:
-        """The front door is about to send the request to `endpoint`."""
+        """The front door is about to send the request to `endpoint` (after a failed attempt: a retry)."""
         self.endpoint = endpoint
         self._move_gauge(endpoint)
+        ledger = self._ledger
+        ledger.forwarded(endpoint)
+        if self._failure is not None:
+            ledger.record_retry(self._failure)
+            self._failure = None
 
     def on_unreachable(self, endpoint: Endpoint, reason: str) -> None:
         """Connecting to `endpoint` failed before any response byte; the front door tries the next fallback."""
         log.warning("endpoint %s unreachable for request %s: %s", endpoint.id, self.request.request_id, reason)
         self._ledger.mark_unreachable(endpoint)
+        self._failure = "unreachable"
+
+    def on_attempt_failed(self, endpoint: Endpoint, reason: str) -> None:
+        """`endpoint` took the request but its attempt failed before any byte reached the client (a retryable
+        status, no first byte in time; `reason` is a short label): one failure for its circuit breaker. The front
+        door sends the request to the next fallback or answers the failure itself."""
+        log.info("attempt of request %s on %s failed: %s", self.request.request_id, endpoint.id, reason)
+        self._ledger.attempt_failed(endpoint, reason)
+        self._failure = reason
 
     def on_response_headers(self, endpoint: Endpoint, status: int, headers: Mapping[str, str]) -> None:
         self.endpoint = endpoint
         self._answered = endpoint
         self._move_gauge(endpoint)
+        self._ledger.answered(endpoint, status)
         response = self.response
         response.status = status
         response.headers = headers
@@ -178,6 +204,8 @@ class RequestHandle:
         if fleet is not None:
             fleet.completed(self.request.request_id)
         self._move_gauge(None)
+        if self._on_release is not None:
+            self._on_release()
 
     def _move_gauge(self, endpoint: Endpoint | None) -> None:
         if _same(self._gauge_endpoint, endpoint):

@@ -4,13 +4,13 @@ A `RequestHandle` reports here, never to the Director: the request totals and du
 in-flight gauge of the endpoint serving each request, the prefix hit ratio of each answer, the fleet peers
 (`kvroute.router.fleet.sync`, when router replicas share their state) and the endpoints found unreachable.
 
-Passive health: an endpoint reported unreachable is left out of `reachable` until it is scraped successfully again
-or `unreachable_cooldown` seconds pass (then real traffic probes it), unless that would leave none.
+Passive health: the ledger keeps a circuit breaker per endpoint (`breaker`). An endpoint reported unreachable
+opens its breaker at once, a run of failed answers (5xx, 429, no first byte in time) after `failure_threshold` of
+them; `reachable` leaves out the endpoints whose breaker is open (or half-open with its probe in flight) unless
+that would leave none. An endpoint found unreachable is back as soon as it is scraped successfully again.
 """
 
 from __future__ import annotations
-
-import time
 
 from prometheus_client import Gauge
 
@@ -18,22 +18,25 @@ from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.fleet.sync import FleetSync
 from kvroute.router.framework import ApiKind, Endpoint
 from kvroute.router.observability import RouterMetrics
+from kvroute.router.requestcontrol.breaker import Breakers, BreakerSettings
+
+FAILED_STATUS = 500  # this status and above, and 429, count as failures of the endpoint that answered
+TOO_MANY_REQUESTS = 429
 
 
 class Ledger:
-    __slots__ = ("_cooldown", "_unreachable", "fleet", "metrics")
+    __slots__ = ("breakers", "fleet", "metrics")
 
     def __init__(
         self,
         metrics: RouterMetrics | None = None,
         fleet: FleetSync | None = None,
         *,
-        unreachable_cooldown: float = 5.0,
+        breaker: BreakerSettings | None = None,
     ) -> None:
         self.metrics = metrics
         self.fleet = fleet  # peers told of every request scheduled here (router replicas sharing state)
-        self._cooldown = unreachable_cooldown
-        self._unreachable: dict[str, float] = {}  # endpoint id -> when it failed (time.monotonic)
+        self.breakers = Breakers(breaker, metrics.record_breaker_state if metrics is not None else None)
 
     def record(self, api: ApiKind, status: int, seconds: float) -> None:
         """One request ended with `status` (499: its client went away) after `seconds`."""
@@ -49,17 +52,27 @@ class Ledger:
         return self.metrics.in_flight_gauge(endpoint.id) if self.metrics is not None else None
 
     def mark_unreachable(self, endpoint: Endpoint) -> None:
-        self._unreachable[endpoint.id] = time.monotonic()
+        self.breakers.unreachable(endpoint.id)
+
+    def forwarded(self, endpoint: Endpoint) -> None:
+        self.breakers.forwarded(endpoint.id)
+
+    def attempt_failed(self, endpoint: Endpoint, reason: str) -> None:
+        """An attempt on `endpoint` failed after connecting (`reason`: a status, a timeout): one failure more."""
+        self.breakers.failure(endpoint.id, reason)
+
+    def answered(self, endpoint: Endpoint, status: int) -> None:
+        """`endpoint` answered with `status`: a success of its breaker, or a failure (5xx, 429)."""
+        if status >= FAILED_STATUS or status == TOO_MANY_REQUESTS:
+            self.breakers.failure(endpoint.id, f"status_{status}")
+        else:
+            self.breakers.success(endpoint.id)
+
+    def record_retry(self, reason: str) -> None:
+        """A request is sent again, to a fallback, after an attempt that failed for `reason`."""
+        if self.metrics is not None:
+            self.metrics.record_retry(reason)
 
     def reachable(self, pool: EndpointPool, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
-        """`endpoints` without those marked unreachable (and still in their cooldown), unless none would be left."""
-        unreachable = self._unreachable
-        if not unreachable:
-            return endpoints
-        now = time.monotonic()
-        for endpoint_id, failed_at in list(unreachable.items()):
-            endpoint = pool.get(endpoint_id)
-            if endpoint is None or now - failed_at >= self._cooldown or endpoint.metrics.scraped_at > failed_at:
-                del unreachable[endpoint_id]
-        reachable = tuple(e for e in endpoints if e.id not in unreachable)
-        return reachable or endpoints
+        """`endpoints` without those their breaker keeps out, unless none would be left."""
+        return self.breakers.admit(pool, endpoints)

@@ -6,6 +6,9 @@ false, "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, 
 `cache_hit_threshold: 0` so that the prefill engine never hands it back. Its answer is an ordinary completion
 whose `kv_transfer_params` (`do_remote_prefill`, the prefill engine's id, blocks, host and port) tell the decode
 engine where to pull the KV cache from. Decode request: the client's body with those `kv_transfer_params`.
+
+`kv_transfer_params` a client sends are never forwarded (`client_body`): they tell an engine where to pull KV
+blocks from, so they are the router's to set, like the routing headers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from yarl import URL
 from kvroute.router.requestcontrol.response import load_json
 
 PREFILLER_HEADER = "x-prefiller-host-port"
+TRANSFER_PARAMS = "kv_transfer_params"
 MAX_PREFILL_ANSWER_BYTES = 1024 * 1024
 
 # aiohttp would otherwise ask for gzip, and the answer must be read as JSON.
@@ -37,6 +41,11 @@ class PrefillFailed(Exception):
         self.unreachable = unreachable
         self.status = status
         self.body = body
+
+
+def client_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The client's body without the `kv_transfer_params` it may carry."""
+    return {k: v for k, v in body.items() if k != TRANSFER_PARAMS}
 
 
 def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,11 +72,11 @@ def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
 def decode_body(body: Mapping[str, Any], params: Mapping[str, Any] | None, *, reset_threshold: bool) -> dict[str, Any]:
     """The client's body with the prefill's `kv_transfer_params` (none: the decode engine computes the whole
     prompt); `reset_threshold` sets `cache_hit_threshold: 0` so that the engine cannot hand the request back."""
-    decode = dict(body)
+    decode = client_body(body)
     if reset_threshold:
         decode["cache_hit_threshold"] = 0
     if params is not None:
-        decode["kv_transfer_params"] = dict(params)
+        decode[TRANSFER_PARAMS] = dict(params)
     return decode
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvroute.router.config.reload import MAX_CONFIG_BYTES
 from kvroute.router.fleet.defaults import DEFAULT_FLEET_PORT, DEFAULT_PEER_TIMEOUT, DEFAULT_SYNC_INTERVAL
 from kvroute.router.fleet.peers import PeerSource, StaticPeers, default_replica_id, parse_peers
 from kvroute.router.fleet.transport import FleetSettings
+from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 from kvroute.router.runtime.core import CoreSettings, RouterCore
 from kvroute.router.runtime.router import FrontDoor, Router, Service
@@ -64,10 +66,12 @@ class RouterSettings:
     config_text: str | None = None  # None: the ConfigMap's (Kubernetes), else the built-in default
     config_path: str | None = None  # the file config_text was read from: watched and reloadable
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_config_bytes: int = MAX_CONFIG_BYTES  # a larger config_path is not reloaded
     scrape_interval: float | None = None  # None: the configuration's metrics.scrapeInterval
     proxy: ProxyDoorSettings | None = None  # the OpenAI proxy door; None: not served
     extproc: ExtProcSettings | None = None  # the Envoy ext_proc door; None: not served
     fleet: FleetOptions | None = None  # None: no fleet sync
+    breaker: BreakerSettings | None = None  # the endpoints' circuit breakers; None: the defaults
 
 
 def build_router(settings: RouterSettings) -> Router:
@@ -93,13 +97,17 @@ def build_router(settings: RouterSettings) -> Router:
     core_settings = CoreSettings(
         max_body_bytes=settings.max_body_bytes,
         config_path=settings.config_path,
+        max_config_bytes=settings.max_config_bytes,
         scrape_interval=settings.scrape_interval,
         fleet=fleet_settings(settings.fleet, kubernetes) if settings.fleet is not None else None,
+        breaker=settings.breaker,
     )
     core = RouterCore(endpoints, REGISTRY, core_settings, config_text=text)
     discovery: Service | None = None
     if kubernetes is not None:
-        discovery = kubernetes.discovery(core.pool, core.holder, core.metrics)
+        k8s = kubernetes.discovery(core.pool, core.holder, core.metrics)
+        core.director.objectives = k8s.objectives  # the pool's InferenceObjectives, over the configured priorities
+        discovery = k8s
     return Router(core, _doors(settings, core), discovery)
 
 

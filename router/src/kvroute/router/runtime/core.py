@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import zmq
 
 from kvroute.router.config.builder import LoadedConfig, Registry
-from kvroute.router.config.reload import ConfigHolder
+from kvroute.router.config.reload import MAX_CONFIG_BYTES, ConfigHolder
 from kvroute.router.datalayer.kvevents import KVEventsService
 from kvroute.router.datalayer.pool import EndpointPool
 from kvroute.router.datalayer.scraper import MetricsScraper
@@ -41,6 +41,7 @@ from kvroute.router.fleet.sync import FleetSync
 from kvroute.router.fleet.transport import FleetSettings, FleetTransport
 from kvroute.router.framework import Endpoint, KVEventsConsumer, Preparer
 from kvroute.router.observability import RouterMetrics
+from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES, Director
 from kvroute.router.requestcontrol.endpoints import forget_removed_endpoints
 
@@ -54,6 +55,8 @@ class CoreSettings:
     scrape_interval: float | None = None  # None: the configuration's metrics.scrapeInterval
     watch_interval: float = 1.0  # seconds between checks of config_path; 0 disables watching
     fleet: FleetSettings | None = None  # fleet sync with the pool's other router replicas; None: off
+    breaker: BreakerSettings | None = None  # the endpoints' circuit breakers; None: the defaults
+    max_config_bytes: int = MAX_CONFIG_BYTES  # a larger config_path is not read (the watch logs it)
 
 
 class RouterCore:
@@ -81,7 +84,12 @@ class RouterCore:
             self.fleet_transport = FleetTransport(self.fleet, fleet)
             self.metrics.register_fleet(self.fleet_transport.stats)
         self.director = Director(
-            self.holder, self.pool, self.metrics, max_body_bytes=self.settings.max_body_bytes, fleet=self.fleet
+            self.holder,
+            self.pool,
+            self.metrics,
+            max_body_bytes=self.settings.max_body_bytes,
+            breaker=self.settings.breaker,
+            fleet=self.fleet,
         )
         forget_removed_endpoints(self.pool, self.holder, self.metrics)
         spec = self.holder.current.metrics
@@ -118,7 +126,8 @@ class RouterCore:
         settings = self.settings
         if settings.config_path is not None and settings.watch_interval > 0:
             self._watch = asyncio.get_running_loop().create_task(
-                self.holder.watch_file(settings.config_path, settings.watch_interval), name="kvroute-config-watch"
+                self.holder.watch_file(settings.config_path, settings.watch_interval, settings.max_config_bytes),
+                name="kvroute-config-watch",
             )
 
     async def stop(self) -> None:

@@ -13,6 +13,10 @@ and returns its duration and the outputs that become visible when it ends; the d
    passed over this iteration. On joining, the longest cached prefix is reused (never the prompt's last token,
    which must be computed to sample). If the cached fraction is below the request's `cache_hit_threshold` (or the
    engine's global one), the request finishes at once with `finish_reason="cache_threshold"` and no compute.
+   A preempted request is checked again each time it would rejoin, with the prefix cached then (its blocks may
+   have been evicted meanwhile): below the threshold it finishes the same way, keeping the tokens it already
+   produced, instead of recomputing its prompt here (vLLM #24520's preemption case: a P/D decode engine should not
+   prefill).
 3. A sequence whose prompt is fully computed samples one token per iteration until `max_tokens`.
 
 P/D: on a decode engine a request with `kv_transfer_params.do_remote_prefill` receives its prompt's KV over the
@@ -173,11 +177,11 @@ class Engine:
             if not seq.blocks:
                 hit = self.blocks.match_prefix(seq.block_hashes, (seq.prompt_len - 1) // profile.block_size)
                 hit_tokens = len(hit) * profile.block_size
+                if (fresh or seq.preempted) and self._below_threshold(seq, hit_tokens):
+                    self.waiting.popleft()
+                    self._finish_unscheduled(seq, hit_tokens)
+                    continue
                 if fresh:
-                    if self._below_threshold(seq, hit_tokens):
-                        self.waiting.popleft()
-                        self._finish_unscheduled(seq, hit_tokens)
-                        continue
                     seq.num_cached_tokens = hit_tokens
                     self.prefix_queries_tokens += seq.prompt_len
                     self.prefix_hits_tokens += hit_tokens
@@ -268,6 +272,7 @@ class Engine:
 
     def _preempt(self, seq: Sequence) -> None:
         self.num_preemptions += 1
+        seq.preempted = True
         self._unpin(seq)
         self.waiting.appendleft(seq)
 
@@ -289,7 +294,8 @@ class Engine:
         return threshold is not None and threshold > 0 and hit_tokens / seq.prompt_len < threshold
 
     def _finish_unscheduled(self, seq: Sequence, hit_tokens: int) -> None:
-        seq.num_cached_tokens = hit_tokens
+        if seq.num_cached_tokens < 0:  # first admission; a preempted request keeps what it reported then
+            seq.num_cached_tokens = hit_tokens
         self._by_id.pop(seq.request_id, None)
         self._pending.append(self._output(seq, 0, FinishReason.CACHE_THRESHOLD))
 

@@ -40,6 +40,7 @@ class Sequence:
     num_registered: int = 0  # full blocks published to the prefix cache
     transfer_ready_at: float | None = None
     transferred: bool = False
+    preempted: bool = False  # its cache-hit threshold is checked again when it rejoins
     scheduled_at: float | None = None
     first_token_at: float | None = None
 

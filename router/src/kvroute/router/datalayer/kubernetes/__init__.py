@@ -4,14 +4,17 @@
 (`inference.networking.k8s.io/v1`) named by `--pool-name`, the Pods its selector matches, and optionally the
 router's ConfigMap (`--config-configmap NAME`, document under the key `config.yaml`). Ready, non-terminating pods
 with an IPv4 address become one endpoint per target port in the `EndpointPool`; ConfigMap edits are hot-reloaded.
+The namespace's InferenceObjectives (`inference.networking.x-k8s.io/v1alpha2`) of the pool become request
+priorities (`objectives.ObjectiveWatcher`, `KubernetesDiscovery.objectives`).
 
 The router talks to the API server through kubernetes_asyncio (`api` for requests, `watch` for the list-and-watch
 loop), authenticated as the pod's service account or from a kubeconfig, exec credential plugins included
 (`credentials`). The permissions it needs, all in the pool's namespace:
-`list` and `watch` on `pods` and on `inferencepools.inference.networking.k8s.io`, and `get`, `list`, `watch` on
-`configmaps` (`get` only fetches the configuration once at startup). The last two may be restricted with
-`resourceNames` to the pool and the ConfigMap: both are listed and watched with a `metadata.name` field
-selector, which RBAC authorizes against `resourceNames` (the e2e test runs the router under exactly that Role).
+`list` and `watch` on `pods`, on `inferencepools.inference.networking.k8s.io` and on
+`inferenceobjectives.inference.networking.x-k8s.io`, and `get`, `list`, `watch` on `configmaps` (`get` only fetches
+the configuration once at startup). The pool and the ConfigMap may be restricted with `resourceNames`: both are
+listed and watched with a `metadata.name` field selector, which RBAC authorizes against `resourceNames` (the e2e
+test runs the router under exactly that Role).
 """
 
 from kvroute.router.datalayer.kubernetes.api import ApiError, KubeClient

@@ -1,6 +1,7 @@
-"""`KubernetesDiscovery`: the pool's endpoints and the router's configuration, followed through the API server.
+"""`KubernetesDiscovery`: the pool's endpoints, its objectives and the router's configuration, followed through the
+API server.
 
-Up to three watches run side by side (see `watch.Reflector` for how each survives errors):
+Up to four watches run side by side (see `watch.Reflector` for how each survives errors):
 
 - the **InferencePool** `pool_name` (by a `metadata.name` field selector, so RBAC may restrict the router to that
   one object). Its `spec.selector` chooses the pods; its `spec.targetPorts` the ports. A new selector restarts the
@@ -8,6 +9,9 @@ Up to three watches run side by side (see `watch.Reflector` for how each survive
   good one kept. Without the pool (not created yet, or deleted) there are no endpoints.
 - the **Pods** the selector matches, in the pool's namespace, turned into endpoints by `pods.endpoints_for`.
 - the router's **ConfigMap**, when one was given: see `configmap`.
+- the namespace's **InferenceObjectives**, kept as the pool's objective -> priority mapping in `objectives` (an
+  `ObjectivePriorities` provider; see `objectives`). `start()` does not wait for them: a cluster without the CRD
+  serves with the configuration's priorities.
 
 Every change recomputes the endpoint set and hands it to `EndpointPool.set_endpoints` on the next turn of the
 event loop (a burst of events costs one recomputation), so a pod that stops being Ready, starts terminating or is
@@ -27,6 +31,7 @@ from kvroute.router.config.reload import ConfigHolder
 from kvroute.router.datalayer.kubernetes.api import KubeClient, Object, collection_path
 from kvroute.router.datalayer.kubernetes.configmap import CONFIG_KEY, ConfigMapReloader, configmaps_path
 from kvroute.router.datalayer.kubernetes.inferencepool import PoolSpec, parse_pool, pools_path
+from kvroute.router.datalayer.kubernetes.objectives import ObjectiveWatcher
 from kvroute.router.datalayer.kubernetes.pods import PodView, endpoints_for, pod_view
 from kvroute.router.datalayer.kubernetes.watch import Reflector
 from kvroute.router.datalayer.pool import EndpointPool
@@ -76,6 +81,9 @@ class KubernetesDiscovery:
             description=f"InferencePool {namespace}/{pool_name}",
             watch_timeout=watch_timeout,
         )
+        self.objectives = ObjectiveWatcher(
+            client, namespace=namespace, pool_name=pool_name, watch_timeout=watch_timeout
+        )
         self._config_reflector: Reflector[Object] | None = None
         if config_map is not None and holder is not None:
             reloader = ConfigMapReloader(holder, config_map, key=config_key, applied=applied_config, metrics=metrics)
@@ -103,6 +111,7 @@ class KubernetesDiscovery:
         self._tasks.append(loop.create_task(self._pool_reflector.run(), name="kvroute-k8s-watch-inferencepool"))
         if self._config_reflector is not None:
             self._tasks.append(loop.create_task(self._config_reflector.run(), name="kvroute-k8s-watch-configmap"))
+        self.objectives.start()
         try:
             await asyncio.wait_for(self._synced.wait(), self._sync_timeout)
         except TimeoutError:
@@ -120,7 +129,7 @@ class KubernetesDiscovery:
         self._pods_task = None
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, self.objectives.stop(), return_exceptions=True)
         await self.client.close()
 
     async def __aenter__(self) -> KubernetesDiscovery:
