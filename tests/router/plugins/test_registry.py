@@ -33,6 +33,7 @@ DESIGN_CATALOG = {
     "round-robin-picker",
     "softmax-picker",
     "utilization-detector",
+    "concurrency-detector",
 }
 PICKERS = {"max-score-picker", "random-picker", "weighted-random-picker", "round-robin-picker", "softmax-picker"}
 NEED_PARAMS = {"by-label": {"label": "zone"}, "precise-prefix-cache-scorer": {"kvEvents": {"endpointPort": 5557}}}

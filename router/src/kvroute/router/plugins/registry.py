@@ -22,6 +22,7 @@ from kvroute.router.plugins.pickers.softmax import SoftmaxPicker
 from kvroute.router.plugins.pickers.weighted_random import WeightedRandomPicker
 from kvroute.router.plugins.producers.approx_prefix_cache import ApproxPrefixCacheProducer
 from kvroute.router.plugins.producers.inflight_load import InFlightLoadProducer
+from kvroute.router.plugins.saturation.concurrency import ConcurrencyDetector
 from kvroute.router.plugins.saturation.utilization import UtilizationDetector
 from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
 from kvroute.router.plugins.scorers.active_request import ActiveRequestScorer
@@ -74,6 +75,7 @@ REGISTRY = PluginRegistry(
         "softmax-picker": SoftmaxPicker,
         # saturation detectors
         "utilization-detector": UtilizationDetector,
+        "concurrency-detector": ConcurrencyDetector,
     },
     LLMD_ALIASES,
 )
