@@ -6,26 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvroute.operator.context import Logger, OperatorContext, PoolKey
-from kvroute.operator.handlers.retry import retrying
-from kvroute.operator.reconcile import reconcile_pool
+from kvroute.operator.context import Logger, OperatorContext
+from kvroute.operator.handlers.referrer import reconcile_referenced_pools
 from kvroute.router.config.objectives import pool_of
 
 
 async def inferenceobjective_event(
     ctx: OperatorContext, event_type: str | None, body: Mapping[str, Any], logger: Logger
 ) -> None:
-    if ctx.unchanged(body, event_type):
-        return  # a status update (the endpoint picker's, typically): the priority did not change
-    meta = body["metadata"]
-    pool = pool_of(body)
-    current = (meta["namespace"], pool) if pool is not None else None
-    previous = ctx.previous_pool(meta.get("uid", ""))
-    for key in sorted({key for key in (current, previous) if key is not None}):
-        await _reconcile(ctx, key, logger)
-    ctx.reconciled(body, event_type, current)
-
-
-async def _reconcile(ctx: OperatorContext, key: PoolKey, logger: Logger) -> None:
-    namespace, name = key
-    await retrying(lambda: reconcile_pool(ctx, namespace, name, logger), logger)
+    # A status-only update (the endpoint picker's, typically) changes no priority and reconciles nothing.
+    await reconcile_referenced_pools(ctx, event_type, body, pool_of(body), logger)
