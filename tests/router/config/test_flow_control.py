@@ -5,7 +5,9 @@ import textwrap
 import pytest
 
 from kvroute.router.config import ConfigError
-from kvroute.router.config.loader import parse_config
+from kvroute.router.config.builder import LoadedConfig
+from kvroute.router.config.loader import load_config, parse_config
+from kvroute.router.plugins.registry import REGISTRY
 
 HEADER = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 
@@ -79,10 +81,59 @@ def test_defaults_ttl_30s_and_no_global_limit() -> None:
             "flowControl.priorityBands[0].fairnessPolicyRef: Input should be 'round-robin-fairness-policy' or",
         ),
         (
-            "usageLimitPolicyPluginRef: static\n",
-            "flowControl.usageLimitPolicyPluginRef: Extra inputs are not permitted",
+            "usageLimitPolicyPluginRef: ''\n",
+            "flowControl.usageLimitPolicyPluginRef: String should have at least 1 character",
         ),
     ],
 )
 def test_invalid_flow_control_names_the_path(body: str, message: str) -> None:
     assert message in rejection(flow_control(body))
+
+
+def load(text: str) -> LoadedConfig:
+    return load_config(text, REGISTRY)
+
+
+def test_the_usage_limit_policy_is_the_plugin_named_by_its_ref() -> None:
+    config = load(
+        HEADER
+        + textwrap.dedent("""\
+            plugins:
+              - type: priority-holdback-policy
+                name: holdback
+                parameters: {strategy: stepwise-spread, minCeiling: 0.5}
+            flowControl:
+              usageLimitPolicyPluginRef: holdback
+        """)
+    )
+    assert config.usage_limit_policy is config.plugins["holdback"]
+
+
+def test_without_a_ref_no_usage_limit_policy_applies() -> None:
+    assert load(flow_control("maxRequests: 5\n")).usage_limit_policy is None
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        ("[]", 'flowControl.usageLimitPolicyPluginRef: unknown plugin "limits"'),
+        (
+            "[{type: queue-scorer, name: limits}]",
+            'flowControl.usageLimitPolicyPluginRef: plugin "limits" is not a usage limit policy',
+        ),
+        (
+            "[{type: priority-holdback-policy, name: limits, parameters: {strategy: stepwise-spread}}]",
+            "minCeiling",
+        ),
+        (
+            "[{type: priority-holdback-policy, name: limits, "
+            "parameters: {strategy: stepwise-spread, minCeiling: 0.9, maxCeiling: 0.5}}]",
+            "minCeiling must not be above maxCeiling",
+        ),
+    ],
+)
+def test_a_bad_usage_limit_policy_names_the_path(plugins: str, message: str) -> None:
+    text = HEADER + f"plugins: {plugins}\nflowControl:\n  usageLimitPolicyPluginRef: limits\n"
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    assert message in str(info.value)

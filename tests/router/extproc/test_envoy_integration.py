@@ -210,6 +210,44 @@ async def test_a_220_kb_prompt_is_routed_and_forwarded_whole(
     assert json.loads(text)["usage"]["prompt_tokens"] > 40_000
 
 
+# What a client might send to make an engine pull KV blocks from, or push them to, an address of its choice.
+CLIENT_TRANSFER_PARAMS = {
+    "do_remote_prefill": True,
+    "do_remote_decode": True,
+    "remote_engine_id": "client-engine",
+    "remote_block_ids": [0, 1, 2],
+    "remote_host": "127.0.0.99",
+    "remote_port": 5600,
+}
+
+
+@pytest.mark.parametrize("body_mode", ["FULL_DUPLEX_STREAMED", "BUFFERED"])
+async def test_client_kv_transfer_params_never_reach_a_model_server(
+    start_router: Any, start_envoy: Any, body_mode: str
+) -> None:
+    # The simulators run in role "both", so they honour whatever parameters reach them: with the client's
+    # `do_remote_decode` one would stop after one token and answer with its own `kv_transfer_params`.
+    router = start_router()
+    gateway = start_envoy(router, request_body_mode=body_mode)
+    async with aiohttp.ClientSession() as session:
+        answers = [
+            await complete(
+                session,
+                gateway.base_url,
+                f"steer my KV {i} " * 30,
+                max_tokens=5,
+                kv_transfer_params=CLIENT_TRANSFER_PARAMS,
+            )
+            for i in range(3)
+        ]
+
+    assert [status for status, _, _ in answers] == [200] * 3, answers
+    served = [json.loads(text) for _, _, text in answers]
+    assert [
+        (a["usage"]["completion_tokens"], a["choices"][0]["finish_reason"], "kv_transfer_params" in a) for a in served
+    ] == [(5, "length", False)] * 3
+
+
 async def test_the_subset_hint_limits_the_pick(start_router: Any, start_envoy: Any, sims: list[Any]) -> None:
     allowed = sims[2]
 

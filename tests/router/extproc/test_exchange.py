@@ -126,6 +126,41 @@ def test_client_routing_headers_are_overwritten_or_removed(talk: Any) -> None:
     assert sorted(c.m.removed_headers(headers)) == ["x-gateway-destination-endpoint-served", "x-prefiller-host-port"]
 
 
+# What a client might send to make an engine pull KV blocks from an address of its choice.
+STEERED = {"model": "m", "prompt": "hello there", "kv_transfer_params": {"do_remote_prefill": True, "remote_port": 1}}
+
+
+def test_client_kv_transfer_params_never_go_upstream_in_full_duplex_mode(talk: Any) -> None:
+    c = talk()
+    answers = c.route(json.dumps(STEERED).encode())
+
+    forwarded = b"".join(c.m.streamed(a)[0] for a in answers[1:])
+    assert json.loads(forwarded) == {"model": "m", "prompt": "hello there"}
+    assert c.m.streamed(answers[-1])[1]
+
+
+def test_client_kv_transfer_params_never_go_upstream_in_buffered_mode(talk: Any) -> None:
+    c = talk()
+    c.send(c.m.request_headers({"content-length": "999"}, body_mode=c.m.BUFFERED))
+    (answer,) = c.send(c.m.request_body(json.dumps(STEERED).encode(), end_of_stream=True))
+
+    forwarded = answer.request_body.response.body_mutation.body
+    assert json.loads(forwarded) == {"model": "m", "prompt": "hello there"}
+    assert c.m.set_headers(answer)["content-length"] == str(len(forwarded))  # Envoy refuses a mismatch
+
+
+def test_a_body_without_kv_transfer_params_goes_as_it_came(talk: Any) -> None:
+    body = b'{"prompt" :"hello there",  "model":"m"}'  # any re-encoding would change these bytes
+    c = talk()
+    assert [c.m.streamed(a) for a in c.route(body)[1:]] == [(body, True)]
+
+    c = talk()
+    c.send(c.m.request_headers(body_mode=c.m.BUFFERED))
+    (answer,) = c.send(c.m.request_body(body, end_of_stream=True))
+    assert not answer.request_body.response.HasField("body_mutation")
+    assert "content-length" not in c.m.set_headers(answer)
+
+
 PD_CONFIG = """\
 apiVersion: kvroute.io/v1alpha1
 kind: EndpointPickerConfig

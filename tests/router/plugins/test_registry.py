@@ -4,7 +4,16 @@ import pytest
 from pydantic import BaseModel
 
 from kvroute.router.config.aliases import Alias, PluginRegistry, Unsupported
-from kvroute.router.framework import DataProducer, Filter, Picker, Plugin, ProfileHandler, SaturationDetector, Scorer
+from kvroute.router.framework import (
+    DataProducer,
+    Filter,
+    Picker,
+    Plugin,
+    ProfileHandler,
+    SaturationDetector,
+    Scorer,
+    UsageLimitPolicy,
+)
 from kvroute.router.plugins.registry import REGISTRY
 
 DESIGN_CATALOG = {
@@ -36,7 +45,11 @@ DESIGN_CATALOG = {
     "concurrency-detector",
 }
 PICKERS = {"max-score-picker", "random-picker", "weighted-random-picker", "round-robin-picker", "softmax-picker"}
-NEED_PARAMS = {"by-label": {"label": "zone"}, "precise-prefix-cache-scorer": {"kvEvents": {"endpointPort": 5557}}}
+NEED_PARAMS = {
+    "by-label": {"label": "zone"},
+    "precise-prefix-cache-scorer": {"kvEvents": {"endpointPort": 5557}},
+    "priority-holdback-policy": {"strategy": "stepwise-spread", "minCeiling": 0.5},
+}
 
 
 def test_registry_covers_the_catalog() -> None:
@@ -61,7 +74,8 @@ def test_every_type_builds_from_its_config_params(type_name: str) -> None:
     cls = REGISTRY[type_name]
     plugin: Plugin = cls(type_name, cls.Params.model_validate(NEED_PARAMS.get(type_name, {})))
     assert plugin.name == type_name
-    assert isinstance(plugin, ProfileHandler | DataProducer | Filter | Scorer | Picker | SaturationDetector)
+    roles = ProfileHandler | DataProducer | Filter | Scorer | Picker | SaturationDetector | UsageLimitPolicy
+    assert isinstance(plugin, roles)
 
 
 @pytest.mark.parametrize("type_name", sorted(PICKERS))

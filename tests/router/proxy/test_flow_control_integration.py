@@ -298,3 +298,31 @@ async def test_a_client_leaving_the_queue_leaves_nothing_queued(
 def _error(outcome: Outcome) -> dict[str, Any]:
     error: dict[str, Any] = json.loads(outcome.body)["error"]
     return error
+
+
+HOLDBACK = """\
+  - type: priority-holdback-policy
+    name: holdback
+    parameters: {strategy: stepwise-spread, minCeiling: 0.5}
+"""
+
+
+async def test_a_priority_holdback_keeps_room_for_critical_requests(
+    endpoints: list[Endpoint], proxies: Start, client: aiohttp.ClientSession
+) -> None:
+    text = config().replace("plugins:\n", "plugins:\n" + HOLDBACK, 1)
+    text += "  usageLimitPolicyPluginRef: holdback\n"
+    proxy = await proxies(endpoints, text)
+    # The batch band may fill the pool only to half its capacity (minCeiling 0.5): 2 of 4; the rest waits.
+    batch = [asyncio.create_task(call(client, proxy, objective="batch", max_tokens=BLOCKER_TOKENS)) for _ in range(4)]
+    await eventually(lambda: (in_flight(proxy), queued(proxy)) == (POOL_CAPACITY // 2, 2), timeout=10, interval=0.005)
+    # A critical request finds the held-back room at once: nothing running has to end first.
+    critical = await asyncio.wait_for(call(client, proxy, objective="critical"), WITHIN)
+    assert critical.status == 200
+    assert queued(proxy) == 2, "the batch band stayed held back while the critical request ran"
+    blocked = await bounded(batch)
+    assert [o.status for o in blocked] == [200] * 4
+    print(f"critical wait {critical.wait:.3f} s; batch waits {[round(o.wait, 3) for o in blocked]}")
+    # The critical request went before the two held batch requests, which waited for the first two to end.
+    assert critical.wait < min(sorted(o.wait for o in blocked)[2:]), (critical, blocked)
+    assert (in_flight(proxy), queued(proxy)) == (0, 0)

@@ -14,6 +14,7 @@ BENCHMARKS = (
     "kvroute.bench.live.cli",
     "kvroute.bench.overhead.cli",
     "kvroute.bench.extproc",
+    "kvroute.bench.overload.cli",
 )
 
 

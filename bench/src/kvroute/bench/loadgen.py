@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ class PlannedRequest:
     at: float  # seconds after the start of the run
     body: dict[str, Any]
     path: str = "/v1/completions"
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,7 +43,7 @@ async def send(session: aiohttp.ClientSession, base_url: str, planned: PlannedRe
     outcome = Outcome(status=0)
     try:
         async with session.post(
-            base_url + planned.path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            base_url + planned.path, json=body, headers=planned.headers, timeout=aiohttp.ClientTimeout(total=timeout)
         ) as response:
             outcome.status = response.status
             outcome.pod = response.headers.get("x-inference-pod")

@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry
 
 from kvroute.router.config.models import FlowControlSpec
 from kvroute.router.framework import Endpoint, SaturationDetector
+from kvroute.router.plugins.flowcontrol.usage_limits import PriorityHoldbackPolicy
 from kvroute.router.requestcontrol.flowcontrol.controller import FlowController, FlowRejected
+from kvroute.router.requestcontrol.flowcontrol.limits import BandLimits
 from kvroute.router.requestcontrol.flowcontrol.metrics import FlowControlMetrics
 
 
@@ -121,3 +123,34 @@ async def test_the_flow_label_is_bounded() -> None:
     registry = CollectorRegistry()
     metrics = FlowControlMetrics(registry, max_flow_labels=2)
     assert [metrics.flow_label(f) for f in ("a", "b", "c", "a")] == ["a", "b", "other", "a"]
+
+
+async def test_a_holdback_keeps_room_for_the_higher_band() -> None:
+    params = PriorityHoldbackPolicy.Params.model_validate({"strategy": "stepwise-spread", "minCeiling": 0.5})
+    limits = BandLimits(PriorityHoldbackPolicy("holdback", params), frozenset({100, -1}))
+    detector = Slots(capacity=4)
+    flow = FlowController(FlowControlSpec(), lambda: detector, lambda: (), recheck=3600, limits=lambda: limits)
+    served: list[str] = []
+    batch = [asyncio.create_task(run(flow, detector, served, -1, "batch", f"b{i}")) for i in range(4)]
+    await settle()
+    assert served == ["b0", "b1"]  # the low band stops at half the pool: its ceiling is 0.5
+    critical = [asyncio.create_task(run(flow, detector, served, 100, "chat", f"c{i}")) for i in range(2)]
+    await settle()
+    assert served == ["b0", "b1", "c0", "c1"]  # the critical band fills the rest at once
+    detector.busy = 1  # three complete: saturation 0.25, below the low band's ceiling again
+    flow.wake()
+    await settle()
+    assert served == ["b0", "b1", "c0", "c1", "b2"]
+    detector.busy = 0
+    flow.wake()
+    await asyncio.gather(*batch, *critical)
+    assert served[-1] == "b3"
+
+
+def test_band_limits_take_the_configured_and_the_queued_priorities() -> None:
+    params = PriorityHoldbackPolicy.Params.model_validate({"strategy": "stepwise-spread", "minCeiling": 0.4})
+    limits = BandLimits(PriorityHoldbackPolicy("holdback", params), frozenset({100}))
+    gate = limits.gate(0.5, [-1])
+    assert gate.ceilings == {100: 1.0, -1: 0.4}
+    assert gate.admits(100) and not gate.admits(-1)
+    assert BandLimits().gate(0.99, [3]).admits(3) and not BandLimits().gate(1.0, [3]).admits(3)

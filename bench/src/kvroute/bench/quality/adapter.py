@@ -125,17 +125,25 @@ class SchedulerPolicy(Policy):
 
     def route(self, request: WorkloadRequest, engines: Sequence[EngineView], now: float) -> int | Route:
         self.now = now
+        return self.schedule(self.llm_request(request))
+
+    def llm_request(self, request: WorkloadRequest, headers: Mapping[str, str] | None = None) -> LLMRequest:
+        """The router's view of `request`: a streamed completion of its prompt (of its adapter, if it names one)."""
         model = request.lora_name or MODEL
-        llm_request = LLMRequest(
+        return LLMRequest(
             request_id=request.request_id,
             model=model,
             api=ApiKind.COMPLETIONS,
             prompt=request.prompt,
             body={"model": model, "max_tokens": request.max_tokens, "stream": True},
-            headers={},
+            headers=headers or {},
             stream=True,
             cache_hit_threshold=request.cache_hit_threshold,
         )
+
+    def schedule(self, llm_request: LLMRequest) -> int | Route:
+        """Schedules the request over every endpoint and runs the PreRequest and response-header hooks, as the
+        Director does at the instant it forwards a request."""
         config = self.config
         state = CycleState()
         result = config.scheduler.schedule(llm_request, self.endpoints, state)
@@ -147,8 +155,9 @@ class SchedulerPolicy(Policy):
         response = ResponseInfo(status=200, headers=_STREAM_HEADERS)
         for response_hook in config.response_hooks:
             response_hook.on_response_headers(state, llm_request, target, response)
-        self._in_flight[request.request_id] = _InFlight(state, llm_request, target, response)
-        self._remember_prediction(request.request_id, state, target)
+        request_id = llm_request.request_id
+        self._in_flight[request_id] = _InFlight(state, llm_request, target, response)
+        self._remember_prediction(request_id, state, target)
         plan = result.disaggregation
         if plan is not None:
             return Route(decode=self._index[plan.decode.id], prefill=self._index[plan.prefill.id])

@@ -46,6 +46,8 @@ def summarise(result: SimulationResult, fleet: Fleet) -> dict[str, Any]:
     per_engine = [0] * len(fleet.roles)
     disaggregated = 0
     for r in records:
+        if r.engine < 0:
+            continue  # refused by the router: it never reached an engine
         per_engine[r.engine] += 1
         if r.prefill_engine is not None:
             per_engine[r.prefill_engine] += 1

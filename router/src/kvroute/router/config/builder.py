@@ -44,6 +44,7 @@ from kvroute.router.config.errors import ConfigError, Loc, at, validation_messag
 from kvroute.router.config.models import (
     AdmissionSpec,
     EndpointPickerConfig,
+    FlowControlSpec,
     MetricsSpec,
     PluginSpec,
     SaturationDetectorSpec,
@@ -63,6 +64,7 @@ from kvroute.router.framework import (
     SaturationDetector,
     SchedulingProfile,
     Scorer,
+    UsageLimitPolicy,
 )
 from kvroute.router.scheduling import Scheduler, SchedulerMetrics
 
@@ -73,6 +75,7 @@ _OTHER_ROLES = (
     (ProfileHandler, "profile handler"),
     (DataProducer, "data producer"),
     (SaturationDetector, "saturation detector"),
+    (UsageLimitPolicy, "usage limit policy"),
     (PreRequest, "pre-request hook"),
     (Preparer, "preparer"),
     (KVEventsConsumer, "KV events consumer"),
@@ -92,6 +95,7 @@ class LoadedConfig:
     saturation_detector: SaturationDetector
     preparers: tuple[Preparer, ...] = ()  # in `plugins` order; empty: requests are scheduled without awaiting
     kv_events_consumers: tuple[KVEventsConsumer, ...] = ()
+    usage_limit_policy: UsageLimitPolicy | None = None  # flowControl.usageLimitPolicyPluginRef; None: 1.0 for all
 
     @property
     def handler(self) -> ProfileHandler:
@@ -180,6 +184,7 @@ class _Builder:
         elif handler is None and len(profiles) > 1:
             self.error(("schedulingProfiles",), f"{len(profiles)} profiles need a profile handler in plugins")
         detector = self.detector(document.saturation_detector)
+        usage_limit = self.usage_limit(document.flow_control)
         if self.errors or handler is None or detector is None:
             raise ConfigError(self.errors)
 
@@ -194,6 +199,7 @@ class _Builder:
             saturation_detector=detector,
             preparers=tuple(p for p in instances if isinstance(p, Preparer)),
             kv_events_consumers=tuple(p for p in instances if isinstance(p, KVEventsConsumer)),
+            usage_limit_policy=usage_limit,
         )
 
     def aliased(self, i: int, spec: PluginSpec, entry: AliasEntry, document: EndpointPickerConfig) -> None:
@@ -378,6 +384,20 @@ class _Builder:
             return detectors[0]
         plugin = self.default(DEFAULT_SATURATION_DETECTOR_TYPE, loc, SaturationDetector, thresholds, loc)
         return plugin if isinstance(plugin, SaturationDetector) else None
+
+    def usage_limit(self, spec: FlowControlSpec | None) -> UsageLimitPolicy | None:
+        ref = spec.usage_limit_policy_plugin_ref if spec is not None else None
+        if ref is None:
+            return None
+        loc: Loc = ("flowControl", "usageLimitPolicyPluginRef")
+        plugin = self.plugins.get(ref)
+        if plugin is None:
+            self.error(loc, f'unknown plugin "{ref}"')
+            return None
+        if not isinstance(plugin, UsageLimitPolicy):
+            self.error(loc, f'plugin "{ref}" is not a usage limit policy')
+            return None
+        return plugin
 
     def misplaced_thresholds(self, thresholds: Mapping[str, Any], problem: str, detector: str) -> None:
         for field in thresholds:

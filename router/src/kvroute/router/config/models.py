@@ -172,6 +172,11 @@ class FlowControlSpec(_Model):
     objectives: dict[str, int] = Field(
         default_factory=dict, description="Priority per inference objective, over `admission.objectives`."
     )
+    usage_limit_policy_plugin_ref: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A usage-limit policy plugin: the saturation ceiling of each band (default: 1.0 for all).",
+    )
 
     @field_validator("priority_bands")
     @classmethod

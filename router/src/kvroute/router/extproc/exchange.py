@@ -9,6 +9,10 @@ buffered to its end (Envoy's `request_body_mode` is read from the first message'
 - BUFFERED: the headers are let through at once (Envoy holds them until the body is answered); the body answer
   carries the destination.
 
+The body forwarded is the client's, minus any `kv_transfer_params` it carried (`prefill.client_bytes`, as the proxy
+does): only the router's own may tell an engine where to pull KV blocks from. A body without them goes as it came
+(in BUFFERED mode, not sent back at all).
+
 When the configuration prepares requests (`Director.start` returns an awaitable, e.g. tokenizing for the
 precise prefix scorer), the buffered request is left pending (`preparing`) and the caller awaits `route_prepared`
 for its answers (and any trailers answer), which are then exactly those above.
@@ -51,7 +55,7 @@ from kvroute.router.framework import Endpoint
 from kvroute.router.requestcontrol.body import REQUEST_ID_HEADER, RequestError, is_routing_header
 from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.requestcontrol.intake import Intake
-from kvroute.router.requestcontrol.prefill import PREFILLER_HEADER
+from kvroute.router.requestcontrol.prefill import PREFILLER_HEADER, client_bytes
 from kvroute.router.requestcontrol.response import EVENT_STREAM
 
 BODY_CHUNK_BYTES = 64 * 1024
@@ -213,14 +217,14 @@ class Exchange:
     def _routed(self, handle: RequestHandle, end_of_stream: bool) -> Sequence[wire.Answer]:
         processor = self._processor
         self.handle = handle
-        raw = handle.raw_body
+        raw = client_bytes(handle.request.body, handle.raw_body)
         self._endpoint = handle.endpoint
         destination = ",".join(e.id for e in handle.endpoints[: processor.max_destinations])
         headers = self._upstream_headers(handle, destination)
         common = protocol.routing(headers, [name for name in self._removed_headers() if name not in headers])
         self._forwarded_at = time.perf_counter()
         if self._request_mode == BUFFERED:
-            return (protocol.routed_body(common, destination),)
+            return (protocol.routed_body(common, destination, None if raw is handle.raw_body else raw),)
         answers: list[wire.Answer] = [protocol.routed_headers(common, destination)]
         if len(raw) <= BODY_CHUNK_BYTES:
             answers.append(wire.streamed_body(wire.REQUEST_BODY, raw, end_of_stream))

@@ -16,6 +16,9 @@ Written:
   `value` Envoy's ORIGINAL_DST cluster reads an empty header) and overwriting whatever the client sent, plus the
   same value in dynamic metadata `{"envoy.lb": {"x-gateway-destination-endpoint": ...}}`; `clear_route_cache`
   so routes matching on headers see the new ones; other client-sent routing headers removed;
+- a replaced request body: in BUFFERED mode a `BodyMutation.body` with `content-length` set to its length (in
+  FULL_DUPLEX_STREAMED mode the body always goes back in `StreamedBodyResponse`s, see `wire`, and Envoy drops
+  `content-length` itself);
 - errors: an `ImmediateResponse` with the HTTP status, `content-type: application/json` and the OpenAI-style
   error body of `RequestError`; `details` is the error's short code (Envoy logs it).
 """
@@ -116,8 +119,13 @@ def routed_headers(common: pb.CommonResponse, destination: str) -> pb.Processing
     )
 
 
-def routed_body(common: pb.CommonResponse, destination: str) -> pb.ProcessingResponse:
-    """The answer to a BUFFERED request body that routes the request (its headers have not been sent yet)."""
+def routed_body(common: pb.CommonResponse, destination: str, body: bytes | None = None) -> pb.ProcessingResponse:
+    """The answer to a BUFFERED request body that routes the request (its headers have not been sent yet); `body`
+    replaces the client's. In this mode Envoy keeps the client's `content-length` and refuses a body of another
+    length, so the header is set to the new body's."""
+    if body is not None:
+        common.body_mutation.body = body
+        common.header_mutation.set_headers.append(header_option("content-length", str(len(body))))
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(response=common), dynamic_metadata=destination_metadata(destination)
     )

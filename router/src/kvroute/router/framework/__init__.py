@@ -29,6 +29,7 @@ from kvroute.router.framework.plugins import (
     ResponseHook,
     SaturationDetector,
     Scorer,
+    UsageLimitPolicy,
 )
 from kvroute.router.framework.request import ApiKind, LLMRequest, ResponseInfo
 from kvroute.router.framework.results import (
@@ -77,4 +78,5 @@ __all__ = [
     "ScoredEndpoint",
     "Scorer",
     "StateKey",
+    "UsageLimitPolicy",
 ]

@@ -140,6 +140,14 @@ class SaturationDetector(Plugin, ABC):
         requests (priority < 0) are rejected."""
 
 
+class UsageLimitPolicy(Plugin, ABC):
+    """Flow control's ceilings: a band may dispatch only while the pool's saturation is below its ceiling."""
+
+    @abstractmethod
+    def ceilings(self, priorities: Sequence[int]) -> dict[int, float]:
+        """The ceiling (0..1] of each of the active `priorities`, given highest first, without duplicates."""
+
+
 class EndpointObserver(Plugin, ABC):
     @abstractmethod
     def on_endpoints_removed(self, endpoint_ids: Sequence[str]) -> None:

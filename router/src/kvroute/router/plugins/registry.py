@@ -12,6 +12,7 @@ from kvroute.router.config.aliases import PluginRegistry
 from kvroute.router.plugins.filters.label_selector import ByLabelFilter, ByLabelSelectorFilter, LabelSelectorFilter
 from kvroute.router.plugins.filters.prefix_cache_affinity import PrefixCacheAffinityFilter
 from kvroute.router.plugins.filters.role import DecodeFilter, PrefillFilter
+from kvroute.router.plugins.flowcontrol.usage_limits import PriorityHoldbackPolicy, StaticUsageLimitPolicy
 from kvroute.router.plugins.handlers.pd import PDProfileHandler
 from kvroute.router.plugins.handlers.single import SingleProfileHandler
 from kvroute.router.plugins.llmd import ALIASES as LLMD_ALIASES
@@ -76,6 +77,9 @@ REGISTRY = PluginRegistry(
         # saturation detectors
         "utilization-detector": UtilizationDetector,
         "concurrency-detector": ConcurrencyDetector,
+        # flow-control usage limits
+        "static-usage-limit-policy": StaticUsageLimitPolicy,
+        "priority-holdback-policy": PriorityHoldbackPolicy,
     },
     LLMD_ALIASES,
 )

@@ -105,10 +105,7 @@ async def _prefill(
 
 
 def _client_bytes(handle: RequestHandle) -> bytes:
-    """The client's body bytes as they came, or re-encoded without the `kv_transfer_params` it carried."""
-    if prefill.TRANSFER_PARAMS not in handle.request.body:
-        return handle.raw_body
-    return prefill.dumps(prefill.client_body(handle.request.body))
+    return prefill.client_bytes(handle.request.body, handle.raw_body)
 
 
 def _decode_body(handle: RequestHandle, params: dict[str, Any] | None, *, reset_threshold: bool) -> bytes:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
+from kvroute.router.config.builder import LoadedConfig
 from kvroute.router.framework.endpoint import Endpoint
 from kvroute.router.framework.objectives import ObjectivePriorities
 from kvroute.router.framework.plugins import NoEndpointsError, SaturationDetector
@@ -84,3 +85,13 @@ class Admission:
                 f"the pool is saturated (saturation {saturation:.2f}); sheddable request "
                 f"(priority {request.priority}) rejected",
             )
+
+
+def admission_for(config: LoadedConfig, provider: ObjectivePriorities | None = None) -> Admission:
+    """The admission of `config`: shedding by its saturation detector, or, with `flowControl`, none (saturation
+    queues requests instead) and the flow-control objectives over the admission ones."""
+    spec, flow_control = config.admission, config.document.flow_control
+    if flow_control is None:
+        return Admission(config.saturation_detector, spec.objectives, spec.default_priority, provider)
+    objectives = {**spec.objectives, **flow_control.objectives}
+    return Admission(None, objectives, spec.default_priority, provider)

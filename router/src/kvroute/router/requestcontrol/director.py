@@ -69,7 +69,7 @@ from kvroute.router.framework import (
 )
 from kvroute.router.framework.objectives import ObjectivePriorities
 from kvroute.router.observability import RouterMetrics
-from kvroute.router.requestcontrol.admission import Admission, AdmissionRejected
+from kvroute.router.requestcontrol.admission import Admission, AdmissionRejected, admission_for
 from kvroute.router.requestcontrol.body import (
     REQUEST_ID_HEADER,
     RequestError,
@@ -79,6 +79,7 @@ from kvroute.router.requestcontrol.body import (
 )
 from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.flowcontrol.controller import RETRY_AFTER_SECONDS, FlowController, FlowRejected
+from kvroute.router.requestcontrol.flowcontrol.limits import band_limits
 from kvroute.router.requestcontrol.flowcontrol.metrics import FlowControlMetrics
 from kvroute.router.requestcontrol.handle import CLIENT_CLOSED, RequestHandle
 from kvroute.router.requestcontrol.intake import Intake
@@ -214,6 +215,7 @@ class Director:
                 lambda: self.holder.current.saturation_detector,
                 self.candidates,
                 FlowControlMetrics(metrics.registry) if metrics is not None else None,
+                limits=lambda: band_limits(self.holder.current),
             )
             self.pool.subscribe(lambda _change: flow.wake())
         else:
@@ -311,12 +313,7 @@ class Director:
         cached = self._admission
         if cached is not None and cached[0] is config:
             return cached[1]
-        spec, flow_control = config.admission, config.document.flow_control
-        if flow_control is None:
-            admission = Admission(config.saturation_detector, spec.objectives, spec.default_priority, self.objectives)
-        else:  # saturation queues requests instead of shedding them
-            objectives = {**spec.objectives, **flow_control.objectives}
-            admission = Admission(None, objectives, spec.default_priority, self.objectives)
+        admission = admission_for(config, self.objectives)
         self._admission = (config, admission)
         return admission
 

@@ -7,8 +7,8 @@ false, "remote_engine_id": null, "remote_block_ids": null, "remote_host": null, 
 whose `kv_transfer_params` (`do_remote_prefill`, the prefill engine's id, blocks, host and port) tell the decode
 engine where to pull the KV cache from. Decode request: the client's body with those `kv_transfer_params`.
 
-`kv_transfer_params` a client sends are never forwarded (`client_body`): they tell an engine where to pull KV
-blocks from, so they are the router's to set, like the routing headers.
+`kv_transfer_params` a client sends are never forwarded, by either front door (`client_body`, `client_bytes`):
+they tell an engine where to pull KV blocks from, so they are the router's to set, like the routing headers.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ class PrefillFailed(Exception):
 def client_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """The client's body without the `kv_transfer_params` it may carry."""
     return {k: v for k, v in body.items() if k != TRANSFER_PARAMS}
+
+
+def client_bytes(body: Mapping[str, Any], raw: bytes) -> bytes:
+    """The bytes to forward for the client's parsed `body`: `raw` (its bytes as they came) itself, or re-encoded
+    without the `kv_transfer_params` it carried."""
+    if TRANSFER_PARAMS not in body:
+        return raw
+    return dumps(client_body(body))
 
 
 def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,14 @@ listener's `on_kv_events` receives each step's events at the step's start, when 
 cached) the blocks.
 
 With `tick_interval`, the listener's `on_tick` runs at time 0 and every `tick_interval` seconds while anything
-else is scheduled, before any other event of the same instant: a router's periodic metrics scrape.
+else is scheduled or held, before any other event of the same instant: a router's periodic metrics scrape.
+
+A router that queues (flow control) answers `HOLD` instead of an engine: the request waits in the router. The
+listener got a `HarnessControl` in `on_start`; with it, it later `dispatch`es the request (it reaches the engine at
+that instant, after the event being processed) or `reject`s it with an HTTP status (the record's `status`; no
+tokens); a policy may also refuse a request at once (`Refuse`). TTFT still counts from the arrival;
+`dispatch_time` tells how long the request waited in the router. Requests still held when nothing else has happened
+for `idle_hold_limit` simulated seconds (only ticks) end the run with an error: the policy would never release them.
 
 Per request the result holds TTFT (arrival to first token), TPOT (mean time between later tokens), end-to-end
 latency, prompt / cached / output token counts, finish reason, the engine chosen and, for a disaggregated
@@ -31,7 +38,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from kvroute.simulator.engine.engine import Engine
 from kvroute.simulator.engine.kv_events import KVEvent
@@ -73,6 +80,8 @@ class RequestRecord:
     prefill_engine: int | None = None
     prefill_cached_tokens: int = 0  # prompt tokens the prefill engine found in its cache
     prefill_finish_time: float | None = None
+    dispatch_time: float | None = None  # when it left the router for an engine (its arrival unless it was held)
+    status: int | None = None  # the HTTP status of a router that refused it (never dispatched)
 
     @property
     def ttft(self) -> float | None:
@@ -109,11 +118,39 @@ class EngineView:
         return self.engine.kv_usage
 
 
-RoutingPolicy = Callable[[WorkloadRequest, Sequence[EngineView], float], int | Route]
+class Hold:
+    def __repr__(self) -> str:
+        return "HOLD"
+
+
+HOLD = Hold()  # a policy's answer: the request waits in the router until the listener dispatches or rejects it
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A policy's answer: the router refuses the request at once with this HTTP status (e.g. 429 when shedding)."""
+
+    status: int
+
+
+Answer = Union[int, Route, Hold, Refuse]  # noqa: UP007 (a runtime alias)  # an engine, a route, HOLD or a refusal
+RoutingPolicy = Callable[[WorkloadRequest, Sequence[EngineView], float], Answer]
+
+
+@dataclass(frozen=True)
+class HarnessControl:
+    """What a listener may do with the requests its policy held (`HOLD`), at the current instant."""
+
+    dispatch: Callable[[str, int | Route], None]  # (request id, engine or route)
+    reject: Callable[[str, int], None]  # (request id, HTTP status)
+    call_soon: Callable[[Callable[[], None]], None]  # run at this instant, after the event being processed
 
 
 class HarnessListener:
     """Optional callbacks for policies that track requests (in-flight counts, active blocks) or engine state."""
+
+    def on_start(self, control: HarnessControl) -> None:
+        """Before the first event: how to dispatch or reject the requests the policy holds."""
 
     def on_tokens(self, record: RequestRecord, new_tokens: int, now: float) -> None:
         """A step produced `new_tokens` tokens for the request (the first one is its first token)."""
@@ -143,7 +180,7 @@ class SimulationResult:
         return sum(1 for r in self.records if r.finish_time is None)
 
 
-_ARRIVAL, _STEP_END, _TICK = 0, 1, 2
+_ARRIVAL, _STEP_END, _TICK, _DISPATCH, _CALL = 0, 1, 2, 3, 4
 
 
 def simulate(
@@ -155,6 +192,7 @@ def simulate(
     global_cache_hit_threshold: float | None = None,
     tick_interval: float | None = None,
     record_kv_events: bool = False,
+    idle_hold_limit: float = 600.0,
 ) -> SimulationResult:
     """Run `workload` through one engine per profile, routed by `policy`; returns one record per request."""
     if tick_interval is not None and tick_interval <= 0:
@@ -185,6 +223,43 @@ def simulate(
         heap.append((0.0, -1, _TICK, None))  # the first scrape precedes everything
     heapq.heapify(heap)
     now = last_event = 0.0
+
+    held: dict[str, WorkloadRequest] = {}
+
+    def dispatch(request_id: str, route: int | Route) -> None:
+        nonlocal counter
+        if request_id not in held:
+            raise ValueError(f"request {request_id!r} is not held")
+        heapq.heappush(heap, (now, counter, _DISPATCH, (held.pop(request_id), route)))
+        counter += 1
+
+    def call_soon(callback: Callable[[], None]) -> None:
+        nonlocal counter
+        heapq.heappush(heap, (now, counter, _CALL, callback))
+        counter += 1
+
+    def reject(request_id: str, status: int) -> None:
+        if held.pop(request_id, None) is None:
+            raise ValueError(f"request {request_id!r} is not held")
+        refuse(records[request_id], status)
+
+    def refuse(record: RequestRecord, status: int) -> None:
+        record.status = status
+        record.finish_time = now
+        record.finish_reason = "rejected"
+
+    def start(payload: WorkloadRequest, route: int | Route, at: float) -> None:
+        if not isinstance(route, Route):
+            route = Route(route)
+        record = records[payload.request_id]
+        record.engine = route.decode
+        record.dispatch_time = at
+        if route.prefill is not None and route.prefill != route.decode:
+            record.prefill_engine = route.prefill
+            prefilling[payload.request_id] = payload
+            submit(route.prefill, _engine_request(payload, at, {"do_remote_decode": True}, max_tokens=1), at)
+        else:
+            submit(route.decode, _engine_request(payload, at), at)
 
     def submit(index: int, request: EngineRequest, at: float) -> None:
         engines[index].add_request(request)
@@ -245,11 +320,12 @@ def simulate(
                 break  # nothing runnable until something arrives
         busy[index] = False
 
+    listener.on_start(HarnessControl(dispatch, reject, call_soon))
     while heap:
         now, _, kind, payload = heapq.heappop(heap)
         if kind == _TICK:
             listener.on_tick(views, now)
-            if heap:
+            if heap or (held and now - last_event < idle_hold_limit):
                 assert tick_interval is not None
                 heapq.heappush(heap, (now + tick_interval, counter, _TICK, None))
                 counter += 1
@@ -257,23 +333,29 @@ def simulate(
         last_event = now
         if kind == _ARRIVAL:
             assert isinstance(payload, WorkloadRequest)
-            route = policy(payload, views, now)
-            if not isinstance(route, Route):
-                route = Route(route)
-            record = RequestRecord(payload.request_id, route.decode, now, len(payload.prompt_token_ids))
+            record = RequestRecord(payload.request_id, -1, now, len(payload.prompt_token_ids))
             records[payload.request_id] = record
             ordered.append(record)
-            if route.prefill is not None and route.prefill != route.decode:
-                record.prefill_engine = route.prefill
-                prefilling[payload.request_id] = payload
-                submit(route.prefill, _engine_request(payload, now, {"do_remote_decode": True}, max_tokens=1), now)
+            route = policy(payload, views, now)
+            if isinstance(route, Hold):
+                held[payload.request_id] = payload
+            elif isinstance(route, Refuse):
+                refuse(record, route.status)
             else:
-                submit(route.decode, _engine_request(payload, now), now)
+                start(payload, route, now)
+        elif kind == _DISPATCH:
+            assert isinstance(payload, tuple)
+            start(payload[0], payload[1], now)
+        elif kind == _CALL:
+            assert callable(payload)
+            payload()
         else:
             assert isinstance(payload, int)
             outputs, pending_outputs[payload] = pending_outputs[payload], []
             deliver(outputs, now)
             start_step(payload, now)
+    if held:
+        raise RuntimeError(f"the policy never dispatched nor rejected {len(held)} held request(s)")
     return SimulationResult(
         records=ordered,
         duration=last_event,

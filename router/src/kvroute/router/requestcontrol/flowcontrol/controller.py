@@ -1,7 +1,9 @@
 """`FlowController`: holds requests in the `FlowQueue` while the pool is saturated and releases them as room frees.
 
 `wait(priority, flow, size)` returns when the request may be scheduled. A request is released at once when nothing
-is queued ahead of it and the saturation detector reports `saturation(candidates) < 1.0`; otherwise it is queued.
+is queued ahead of it and the saturation detector reports `saturation(candidates)` below its band's ceiling (1.0,
+or what the configuration's usage-limit policy gives: `flowcontrol.limits`); otherwise it is queued. A dispatch
+pass releases the next request of the highest band whose ceiling is above the saturation.
 The caller must call `settled()` once the released request has been scheduled (or failed to be): until then the
 controller releases nothing more, so a detector that counts the router's own in-flight requests
 (`concurrency-detector`) sees each released request before deciding on the next one.
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 from kvroute.router.config.models import FlowControlSpec
 from kvroute.router.framework import Endpoint, SaturationDetector
+from kvroute.router.requestcontrol.flowcontrol.limits import BandGate, BandLimits
 from kvroute.router.requestcontrol.flowcontrol.metrics import FlowControlMetrics
 from kvroute.router.requestcontrol.flowcontrol.queue import CapacityExceeded, FlowQueue, QueueItem
 
@@ -50,12 +53,14 @@ class FlowController:
         metrics: FlowControlMetrics | None = None,
         *,
         recheck: float = DEFAULT_RECHECK,
+        limits: Callable[[], BandLimits] = BandLimits,
     ) -> None:
         self.queue: FlowQueue[asyncio.Future[None]] = FlowQueue(spec)
         self._detector = detector
         self._candidates = candidates
         self._metrics = metrics
         self._recheck = recheck
+        self._limits = limits
         self._in_transit = 0
         self._pass: asyncio.Handle | None = None
         self._fallback: asyncio.TimerHandle | None = None
@@ -73,7 +78,7 @@ class FlowController:
         """Returns when the request may be scheduled (then call `settled()`); raises `FlowRejected`, or
         `CancelledError` when the caller is cancelled (the request leaves the queue)."""
         metrics = self._metrics
-        if not self.queue and not self._in_transit and not self._saturated():
+        if not self.queue and not self._in_transit and self._gate(priority).admits(priority):
             self._in_transit += 1
             if metrics is not None:
                 metrics.observe_wait(priority, flow, 0.0)
@@ -124,8 +129,8 @@ class FlowController:
             self._fallback.cancel()
             self._fallback = None
         queue = self.queue
-        if queue and not self._in_transit and not self._saturated():
-            item = queue.pop()
+        if queue and not self._in_transit:
+            item = queue.pop(self._gate().admits)
             if item is not None:
                 self._in_transit += 1
                 item.payload.set_result(None)
@@ -133,8 +138,11 @@ class FlowController:
         if queue:
             self._fallback = asyncio.get_running_loop().call_later(self._recheck, self.wake)
 
-    def _saturated(self) -> bool:
-        return self._detector().saturation(self._candidates()) >= 1.0
+    def _gate(self, arriving: int | None = None) -> BandGate:
+        active = self.queue.priorities
+        if arriving is not None:
+            active.append(arriving)
+        return self._limits().gate(self._detector().saturation(self._candidates()), active)
 
     def _leave(self, item: QueueItem[asyncio.Future[None]], reason: str) -> None:
         if self.queue.remove(item):

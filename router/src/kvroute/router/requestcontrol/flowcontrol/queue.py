@@ -108,12 +108,17 @@ class FlowQueue(Generic[T]):
         self._count(band, item, +1)
         return item
 
-    def pop(self) -> QueueItem[T] | None:
-        """The next request to serve (highest band; its next flow by the band's fairness policy; that flow's
-        oldest), removed from the queue; None when nothing waits."""
-        if not self._bands:
+    @property
+    def priorities(self) -> list[int]:
+        """The priorities of the bands holding requests."""
+        return list(self._bands)
+
+    def pop(self, admits: Callable[[int], bool] | None = None) -> QueueItem[T] | None:
+        """The next request to serve (the highest band `admits`, all by default; its next flow by the band's
+        fairness policy; that flow's oldest), removed from the queue; None when nothing waits (or may go)."""
+        priority = max((p for p in self._bands if admits is None or admits(p)), default=None)
+        if priority is None:
             return None
-        priority = max(self._bands)
         band = self._bands[priority]
         if band.spec.fairness_policy_ref == "global-strict-fairness-policy":
             flow = min(band.flows, key=lambda name: band.flows[name][0].seq)
