@@ -39,5 +39,11 @@ k8s-tools:
 dynamo:
 	bash scripts/dynamo-venv.sh >/dev/null
 
+# The operator scenario on a kind cluster built from local parts (Docker; no registry needed). Not part of `test`:
+# the first run builds Kubernetes and a kind node image (cached under ~/.cache/kvroute/kind; see e2e/kind/README.md).
+.PHONY: e2e-kind
+e2e-kind: $(STAMP) k8s-tools
+	bash e2e/kind/run.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,236 +1,80 @@
 """The operator scenario of e2e/test_operator_e2e.py on a kind cluster, through pytest-kubernetes (see README.md).
 
 Everything runs in the cluster from the repository's images: the operator installed by the chart, the router
-Deployment it renders, `kvroute sim serve` pods as the model servers and an Envoy pod configured from
-docs/envoy/kvroute-gateway.yaml. The test reaches Envoy and the router's metrics through `kubectl port-forward`
-on 127.0.0.1. One test function runs the ten steps in order, printing a step log.
+Deployment it renders, simulator pods as the model servers and Envoy pods configured from
+docs/envoy/kvroute-gateway.yaml. The test reaches Envoy and the routers' metrics through `kubectl port-forward`
+on 127.0.0.1. One test function runs the steps in order, printing a step log.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
-import yaml
+from e2e.kind.support import (
+    CHART,
+    CHILDREN,
+    CONFIG_MAP,
+    ENVOY_IMAGE,
+    MODEL,
+    NODE_IMAGE,
+    NS,
+    OPERATOR_IMAGE,
+    OPERATOR_NS,
+    POOL,
+    PROFILE,
+    RELEASE,
+    ROUTER,
+    ROUTER_IMAGE,
+    SERVICE,
+    SIM_IMAGE,
+    SIM_PORT,
+    TAG,
+    Cluster,
+    StepLog,
+    envoy_objects,
+    kind_config,
+    metric,
+    post,
+    profile,
+    sim_pod,
+)
+from pytest_kubernetes.options import ClusterOptions
 
-from kvroute.bench.envoy import render
-from tests.support import eventually_sync, free_port
+from tests.support import eventually_sync
 
-pytestmark = pytest.mark.e2e
+# Creating the cluster alone takes minutes on a small machine; the whole scenario about ten.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kvroute"
-TAG = os.environ.get("KVROUTE_KIND_IMAGE_TAG", "e2e")
-OPERATOR_IMAGE, ROUTER_IMAGE = f"kvroute/operator:{TAG}", f"kvroute/router:{TAG}"
-ENVOY_IMAGE = os.environ.get("KVROUTE_KIND_ENVOY_IMAGE", "envoyproxy/envoy:v1.36-latest")
-OPERATOR_NS, NS = "kvroute-system", "kvroute-e2e"
-POOL, PROFILE, MODEL, SIM_PORT = "llm", "llm", "fake-model", 8000
-ROUTER, CONFIG_MAP, SERVICE = f"{POOL}-kvroute", f"{POOL}-kvroute-config", f"{POOL}-epp"
 PODS = ("llm-a", "llm-b", "llm-c")
-CHILDREN = {
-    "configmap": CONFIG_MAP,
-    "serviceaccount": ROUTER,
-    "role": ROUTER,
-    "rolebinding": ROUTER,
-    "deployment": ROUTER,
-    "service": SERVICE,
-}
+RELOADS = 'kvroute_config_reloads_total{result="success"}'
 SHARED_PREFIX = "You are a careful assistant. Answer briefly and cite the manual. " * 30
 
 
-def post(url: str, body: Any, timeout: float = 30.0) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-            return response.status, {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as error:
-        return error.code, {k.lower(): v for k, v in error.headers.items()}
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, {}
-
-
-class Cluster:
-    """kubectl/helm against the pytest-kubernetes cluster."""
-
-    def __init__(self, k8s: Any) -> None:
-        self.k8s = k8s
-        self.kubeconfig = str(k8s.kubeconfig)
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = ["kubectl", "--kubeconfig", self.kubeconfig, *args]
-        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=300, check=False)
-        if check:
-            assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
-        return result
-
-    def get(self, kind: str, name: str, namespace: str = NS) -> dict[str, Any] | None:
-        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-        if result.returncode != 0:
-            assert "NotFound" in result.stderr, result.stderr
-            return None
-        parsed: dict[str, Any] = json.loads(result.stdout)
-        return parsed
-
-    def apply(self, *documents: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents), check=check)
-
-    def condition(self, kind: str) -> dict[str, Any] | None:
-        profile = self.get("schedulingprofile", PROFILE) or {}
-        conditions = (profile.get("status") or {}).get("conditions") or []
-        return next((c for c in conditions if c["type"] == kind), None)
-
-    def config(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = yaml.safe_load((self.get("configmap", CONFIG_MAP) or {})["data"]["config.yaml"])
-        return parsed
-
-    @contextmanager
-    def port_forward(self, target: str, port: int, namespace: str = NS) -> Iterator[int]:
-        local = free_port()
-        with self.k8s.port_forwarding(target, local, port, namespace=namespace):
-            yield local
-
-
-def profile(prefix_weight: int = 3) -> dict[str, Any]:
-    return {
-        "apiVersion": "kvroute.io/v1alpha1",
-        "kind": "SchedulingProfile",
-        "metadata": {"name": PROFILE, "namespace": NS},
-        "spec": {
-            "poolRef": {"name": POOL},
-            "plugins": [
-                {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 16}},
-                {"type": "queue-scorer"},
-                {"type": "max-score-picker"},
-            ],
-            "schedulingProfiles": [
-                {
-                    "name": "default",
-                    "plugins": [
-                        {"pluginRef": "prefix-cache-scorer", "weight": prefix_weight},
-                        {"pluginRef": "queue-scorer", "weight": 1},
-                        {"pluginRef": "max-score-picker"},
-                    ],
-                }
-            ],
-            "router": {"replicas": 1, "mode": "ext-proc", "logLevel": "info"},
-        },
-    }
-
-
-def sim_pod(name: str) -> dict[str, Any]:
-    command = ["kvroute", "sim", "serve", "--host", "0.0.0.0", "--port", str(SIM_PORT), "--model", MODEL]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": "llm"}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "sim",
-                    "image": ROUTER_IMAGE,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": [*command, "--pod-name", name],
-                    "ports": [{"containerPort": SIM_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/health", "port": SIM_PORT}, "periodSeconds": 1},
-                }
-            ]
-        },
-    }
-
-
-def envoy_objects(router_ip: str, pod_ips: list[str]) -> list[dict[str, Any]]:
-    endpoints = ", ".join(
-        f"{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {SIM_PORT}}}}}}}}}" for ip in pod_ips
-    )
-    config = render(
-        {
-            "ADMIN_ADDRESS": "127.0.0.1",
-            "ADMIN_PORT": 9901,
-            "LISTEN_ADDRESS": "0.0.0.0",
-            "LISTEN_PORT": 8081,
-            "ROUTER_ADDRESS": router_ip,
-            "ROUTER_PORT": 9002,
-            "POOL_ENDPOINTS": f"[{endpoints}]",
-            "FAILURE_MODE_ALLOW": "false",
-            "REQUEST_BODY_MODE": "FULL_DUPLEX_STREAMED",
-            "RESPONSE_BODY_MODE": "FULL_DUPLEX_STREAMED",
-            "RESPONSE_TRAILER_MODE": "SEND",
-            "ROUTE_TIMEOUT": "300s",
-        }
-    )
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "envoy", "namespace": NS},
-        "data": {"envoy.yaml": yaml.safe_dump(config)},
-    }
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "envoy", "namespace": NS, "labels": {"app": "envoy"}},
-        "spec": {
-            "containers": [
-                {
-                    "name": "envoy",
-                    "image": ENVOY_IMAGE,
-                    "args": ["-c", "/etc/envoy/envoy.yaml", "--disable-hot-restart", "-l", "warning"],
-                    "ports": [{"containerPort": 8081}],
-                    "volumeMounts": [{"name": "config", "mountPath": "/etc/envoy"}],
-                    "readinessProbe": {"tcpSocket": {"port": 8081}, "periodSeconds": 1},
-                }
-            ],
-            "volumes": [{"name": "config", "configMap": {"name": "envoy"}}],
-        },
-    }
-    return [config_map, pod]
-
-
-def reloads(metrics_url: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    match = re.search(r'^kvroute_config_reloads_total{result="success"} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-class StepLog:
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-        self.started = time.monotonic()
-
-    def __call__(self, step: str, note: str) -> None:
-        with self.capsys.disabled():
-            print(f"\n[kind-e2e] {step:<34} {time.monotonic() - self.started:7.1f}s  {note}", flush=True)
-
-
-def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    k8s.create(timeout=120)  # kind: a new cluster; external: the given kubeconfig
-    for image in (OPERATOR_IMAGE, ROUTER_IMAGE):
+def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    log = StepLog(capsys)
+    # kind: a new cluster from the offline node image; external: the given kubeconfig (the config is ignored).
+    config = tmp_path / "kind.yaml"
+    config.write_text(json.dumps(kind_config(k8s.cluster_name, NODE_IMAGE)))
+    if k8s.__class__.__name__.startswith("Kind"):
+        assert NODE_IMAGE, "KVROUTE_KIND_NODE_IMAGE names the node image of e2e/kind/build-node-image.sh"
+    k8s.create(ClusterOptions(provider_config=config, cluster_timeout=900), timeout=300)
+    for image in (OPERATOR_IMAGE, ROUTER_IMAGE, SIM_IMAGE, ENVOY_IMAGE):
         k8s.load_image(image)  # `kind load docker-image`; a no-op for an external cluster
     cluster = Cluster(k8s)
-    log = StepLog(capsys)
+    log("0 cluster created", f"{NODE_IMAGE or 'external'}; 4 images loaded")
 
     # 1. The chart: CRDs, RBAC, the operator.
-    helm = [
-        *("helm", "install", "kvroute", str(CHART), "--kubeconfig", cluster.kubeconfig, "--namespace", OPERATOR_NS),
-        *("--create-namespace", "--wait", "--timeout", "5m"),
+    cluster.helm(
+        *("install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace"),
+        *("--wait", "--timeout", "5m"),
         *("--set", "operator.image.repository=kvroute/operator", "--set", f"operator.image.tag={TAG}"),
         *("--set", "router.image.repository=kvroute/router", "--set", f"router.image.tag={TAG}"),
-    ]
-    subprocess.run(helm, check=True, timeout=600)
+    )
     cluster.kubectl("create", "namespace", NS)
     log("1 chart installed", "operator Deployment available")
 
@@ -297,11 +141,9 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
     # 5. Envoy in front, traffic.
     router_ip = (cluster.get("service", SERVICE) or {})["spec"]["clusterIP"]
     pod_ips = [(cluster.get("pod", name) or {})["status"]["podIP"] for name in PODS]
-    cluster.apply(*envoy_objects(router_ip, pod_ips))
+    cluster.apply(*envoy_objects("envoy", router_ip, pod_ips))
     cluster.kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/envoy", "--timeout=180s")
-    router_pod = cluster.kubectl(
-        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/instance=llm", "-o", "jsonpath={.items[0].metadata.name}"
-    ).stdout
+    router_pod = cluster.router_pods()[0]["metadata"]["name"]
     with cluster.port_forward("pod/envoy", 8081) as envoy_port, cluster.port_forward(f"pod/{router_pod}", 9090) as mp:
         url = f"http://127.0.0.1:{envoy_port}/v1/completions"
         metrics_url = f"http://127.0.0.1:{mp}/metrics"
@@ -332,7 +174,7 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
                     return
                 statuses.append(complete(f"load {i}")[0])
 
-        before_reloads = reloads(metrics_url)
+        before_reloads = metric(metrics_url, RELOADS)
         worker = threading.Thread(target=load, daemon=True)
         worker.start()
         try:
@@ -344,7 +186,10 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
                 message="the new weight in the ConfigMap",
             )
             eventually_sync(
-                lambda: reloads(metrics_url) > before_reloads, timeout=120, interval=1.0, message="the router to reload"
+                lambda: metric(metrics_url, RELOADS) > before_reloads,
+                timeout=120,
+                interval=1.0,
+                message="the router to reload",
             )
         finally:
             stop.set()
@@ -364,7 +209,61 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
         assert victim not in served, served
         log("7 deleted pod gets no traffic", f"{victim} gone, served by {sorted(map(str, served))}")
 
-    # 8. Invalid profiles.
+    # 8. Two router replicas share their routing state (fleet sync): each behind an Envoy of its own, the second
+    # sends the first one's prompts to the same pods once it has applied the first one's records.
+    cluster.apply(profile(prefix_weight=5, replicas=2))
+
+    def fleet() -> list[dict[str, Any]] | None:
+        pods = cluster.router_pods()
+        synced = len(pods) == 2 and all("--fleet-port" in pod["spec"]["containers"][0]["args"] for pod in pods)
+        return pods if synced else None
+
+    routers = eventually_sync(fleet, timeout=300, interval=2.0, message="two Ready router pods with fleet sync")
+    assert routers is not None
+    live = [ip for name in PODS if (pod := cluster.get("pod", name)) and (ip := pod["status"].get("podIP"))]
+    for name, router in zip(("envoy-a", "envoy-b"), routers, strict=True):
+        cluster.apply(*envoy_objects(name, router["status"]["podIP"], live))
+    cluster.kubectl("wait", "-n", NS, "--for=condition=Ready", "pod/envoy-a", "pod/envoy-b", "--timeout=180s")
+    a, b = (router["metadata"]["name"] for router in routers)
+    with (
+        cluster.port_forward("pod/envoy-a", 8081) as envoy_a,
+        cluster.port_forward("pod/envoy-b", 8081) as envoy_b,
+        cluster.port_forward(f"pod/{a}", 9090) as metrics_a,
+        cluster.port_forward(f"pod/{b}", 9090) as metrics_b,
+    ):
+        metrics = [f"http://127.0.0.1:{port}/metrics" for port in (metrics_a, metrics_b)]
+        eventually_sync(
+            lambda: all(metric(u, "kvroute_fleet_peers") == 1 for u in metrics),
+            timeout=120,
+            interval=1.0,
+            message="each router to hear its peer",
+        )
+
+        def through(port: int, prompt: str) -> str | None:
+            status, headers = post(f"http://127.0.0.1:{port}/v1/completions", {"model": MODEL, "prompt": prompt})
+            assert status == 200, status
+            return headers.get("x-inference-pod")
+
+        def answers(port: int) -> bool:
+            return post(f"http://127.0.0.1:{port}/v1/completions", {"model": MODEL, "prompt": "hi"})[0] == 200
+
+        for port in (envoy_a, envoy_b):
+            eventually_sync(partial(answers, port), timeout=120, interval=1.0, message="a request through each Envoy")
+        prompts = [f"fleet {i} " + "a question nobody asked before. " * 20 for i in range(6)]
+        through_a = [through(envoy_a, prompt) for prompt in prompts]
+        applied: list[float] = []
+
+        def settled() -> bool:  # b applied a's records, nothing more arrives, no request of a's is open
+            applied.append(metric(metrics[1], "kvroute_fleet_records_applied_total"))
+            stable = len(applied) > 5 and applied[-6] == applied[-1] >= 2 * len(prompts)
+            return stable and metric(metrics[1], "kvroute_fleet_peer_requests_open") == 0
+
+        eventually_sync(settled, timeout=120, interval=0.5, message="router b to apply router a's decisions")
+        through_b = [through(envoy_b, prompt) for prompt in prompts]
+    assert through_b == through_a and set(through_a) <= set(PODS), (through_a, through_b)
+    log("8 two replicas share state", f"{len(prompts)} prompts via {a} then {b} -> {sorted(map(str, set(through_a)))}")
+
+    # 9. Invalid profiles.
     config_before = cluster.get("configmap", CONFIG_MAP) or {}
     undeclared = profile(prefix_weight=5)
     undeclared["spec"]["schedulingProfiles"][0]["plugins"][0]["pluginRef"] = "undeclared-scorer"
@@ -389,16 +288,16 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
         interval=1.0,
         message="Accepted=True again",
     )
-    log("8 invalid profiles", "CEL rejected; semantic Accepted=False; ConfigMap unchanged")
+    log("9 invalid profiles", "CEL rejected; semantic Accepted=False; ConfigMap unchanged")
 
-    # 9. Printer columns.
+    # 10. Printer columns.
     output = cluster.kubectl("get", "schedulingprofiles", "-n", NS).stdout
     with capsys.disabled():
         print(f"\n{output}", end="")
     assert output.splitlines()[0].split() == ["NAME", "POOL", "ACCEPTED", "READY", "AGE"]
-    log("9 printer columns", "NAME POOL ACCEPTED READY AGE")
+    log("10 printer columns", "NAME POOL ACCEPTED READY AGE")
 
-    # 10. Deleting the pool collects the children.
+    # 11. Deleting the pool collects the children.
     cluster.kubectl("delete", "inferencepool", POOL, "-n", NS)
     eventually_sync(
         lambda: all(cluster.get(k, n) is None for k, n in CHILDREN.items()),
@@ -406,4 +305,27 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str])
         interval=1.0,
         message="the children to be collected",
     )
-    log("10 pool deleted", "children garbage-collected")
+    log("11 pool deleted", "children garbage-collected")
+
+    # 12. `helm uninstall` leaves nothing of the release: the operator namespace holds only what every namespace
+    # has, no cluster-scoped RBAC remains, and the only CRDs left are the three the chart keeps on purpose
+    # (deleting a CRD deletes every object of its kind in the cluster; charts/kvroute/values.yaml).
+    cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", "--timeout", "5m")
+    namespaced = "all,configmap,secret,serviceaccount,role,rolebinding,lease"
+    eventually_sync(
+        lambda: (
+            set(cluster.names(namespaced, "-n", OPERATOR_NS))
+            == {"configmap/kube-root-ca.crt", "serviceaccount/default"}
+        ),
+        timeout=120,
+        interval=1.0,
+        message=f"{OPERATOR_NS} to hold nothing of the release",
+    )
+    assert cluster.names("clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={RELEASE}") == []
+    crds = {name for name in cluster.names("crd") if "kvroute" in name or "inference" in name}
+    assert crds == {
+        "customresourcedefinition.apiextensions.k8s.io/schedulingprofiles.kvroute.io",
+        "customresourcedefinition.apiextensions.k8s.io/inferencepools.inference.networking.k8s.io",
+        "customresourcedefinition.apiextensions.k8s.io/inferenceobjectives.inference.networking.x-k8s.io",
+    }, crds
+    log("12 helm uninstall", "nothing of the release left; the 3 CRDs kept by design")

@@ -23,7 +23,17 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     wanted = argv[0] if argv and not argv[0].startswith("-") else None
     for command in entry_points(group=GROUP):
         if wanted is None or command.name == wanted:
-            command.load()(sub)
+            try:
+                register = command.load()
+            except ModuleNotFoundError as error:
+                # Each image carries only its own parts (the router image has no simulator): the metadata still
+                # names them all. A part that is not there is left out of the help, and refused when asked for.
+                if error.name is None or not f"{command.module}.".startswith(f"{error.name}."):
+                    raise
+                if command.name == wanted:
+                    parser.error(f"`kvroute {wanted}` is not installed here ({error.name} is missing)")
+                continue
+            register(sub)
         else:
             sub.add_parser(command.name)
     return parser

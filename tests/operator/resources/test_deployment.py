@@ -109,6 +109,19 @@ def test_resources_default_and_override() -> None:
     assert custom == {"requests": {"cpu": "2"}}
 
 
+def test_resources_are_rendered_as_the_api_server_stores_them() -> None:
+    """What the profile says in any spelling, the manifest says as the live Deployment will (else every reconcile
+    would find a difference and apply again); an empty list is left out, as the server leaves it out."""
+    resources = {"requests": {"cpu": "1000m", "memory": "0.5Gi"}, "limits": {"cpu": 2, "memory": "1024Mi"}}
+    assert _container(_deployment(resources=resources))["resources"] == {
+        "requests": {"cpu": "1", "memory": "512Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi"},
+    }
+    assert _container(_deployment(resources={"requests": {}, "limits": {"cpu": "1"}}))["resources"] == {
+        "limits": {"cpu": "1"}
+    }
+
+
 def test_rollout_surges_before_removing_a_router() -> None:
     dep = _deployment()
     assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}

@@ -33,12 +33,14 @@ class RecordingConsumer(KVEventsConsumer):
         self.subscription = subscription
         self.fail = fail
         self.received: list[tuple[str, str, tuple[KVEvent, ...]]] = []
+        self.ranks: list[int] = []  # the data-parallel rank of each message received
 
     def kv_events_subscription(self) -> KVEventsSubscription:
         return self.subscription
 
-    def on_kv_events(self, endpoint: Endpoint, model: str, events: Sequence[KVEvent]) -> int:
+    def on_kv_events(self, endpoint: Endpoint, model: str, events: Sequence[KVEvent], rank: int = 0) -> int:
         self.received.append((endpoint.id, model, tuple(events)))
+        self.ranks.append(rank)
         if self.fail:
             raise RuntimeError("consumer failed on purpose")
         return len(events)
@@ -47,8 +49,8 @@ class RecordingConsumer(KVEventsConsumer):
         return len(self.received)
 
 
-def message(topic: str, seq: int, events: list[Any]) -> list[bytes]:
-    return [topic.encode(), struct.pack(">Q", seq), msgpack.packb([1.0, events, 0])]
+def message(topic: str, seq: int, events: list[Any], rank: int = 0) -> list[bytes]:
+    return [topic.encode(), struct.pack(">Q", seq), msgpack.packb([1.0, events, rank])]
 
 
 class Publisher:
@@ -88,7 +90,7 @@ class Publisher:
 class Kit:
     hosts: Iterator[str]
     free_port: Callable[[str], int]
-    message: Callable[[str, int, list[Any]], list[bytes]]
+    message: Callable[..., list[bytes]]
     consumer: type[RecordingConsumer]
 
 

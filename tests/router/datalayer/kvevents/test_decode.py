@@ -70,7 +70,7 @@ def test_map_form_gives_the_same_events() -> None:
     )
 
 
-def test_optional_trailing_fields_may_be_absent_and_extra_ones_are_ignored() -> None:
+def test_optional_trailing_fields_may_be_absent_group_and_kind_are_kept_and_extra_ones_ignored() -> None:
     message = decode_message(
         frames(
             [
@@ -87,11 +87,11 @@ def test_optional_trailing_fields_may_be_absent_and_extra_ones_are_ignored() -> 
 
     assert message.events == (
         BlockStored((1,), None, (5,) * 4, 4),
-        BlockStored((2,), 1, (6,) * 4, 4, None, "GPU", None),
+        BlockStored((2,), 1, (6,) * 4, 4, None, "GPU", None, group_idx=0, kind="full_attention"),
         BlockRemoved((1,)),
-        BlockRemoved((2,), "GPU"),
+        BlockRemoved((2,), "GPU", group_idx=0),
         AllBlocksCleared(),
-        BlockRemoved((3,)),
+        BlockRemoved((3,), group_idx=1),
     )
 
 
@@ -133,7 +133,7 @@ def test_hashes_are_unsigned_64_bit(raw: Any, expected: int) -> None:
         ([TOPIC, struct.pack(">Q", 0), msgpack.packb({"ts": 0})], "not an array"),
         ([TOPIC, struct.pack(">Q", 0), msgpack.packb(["now", []])], "timestamp is not a number"),
         ([TOPIC, struct.pack(">Q", 0), msgpack.packb([0.0, {}])], "events are not an array"),
-        ([TOPIC, struct.pack(">Q", 0), msgpack.packb([0.0, [], "0"])], "rank is not an integer"),
+        ([TOPIC, struct.pack(">Q", 0), msgpack.packb([0.0, [], "0"])], "rank is not a non-negative integer"),
     ],
 )
 def test_malformed_envelopes_say_what_is_wrong(parts: list[bytes], reason: str) -> None:

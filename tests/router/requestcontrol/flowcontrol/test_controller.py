@@ -154,3 +154,26 @@ def test_band_limits_take_the_configured_and_the_queued_priorities() -> None:
     assert gate.ceilings == {100: 1.0, -1: 0.4}
     assert gate.admits(100) and not gate.admits(-1)
     assert BandLimits().gate(0.99, [3]).admits(3) and not BandLimits().gate(1.0, [3]).admits(3)
+
+
+async def test_a_waiter_cancelled_just_before_a_dispatch_pass_does_not_stall_the_queue() -> None:
+    detector = Slots(capacity=1)
+    detector.busy = 1
+    flow = controller(detector)
+    served: list[str] = []
+    gone = asyncio.create_task(run(flow, detector, served, 0, "t", "gone"))
+    kept = asyncio.create_task(run(flow, detector, served, 0, "t", "kept"))
+    await settle()
+    assert len(flow.queue) == 2
+    gone.cancel()  # its future is cancelled now; its task has not run its handler yet
+    detector.busy = 0
+    flow._dispatch()  # a pass that was already due runs first
+    await asyncio.wait_for(kept, 1.0)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert served == ["kept"]
+    assert len(flow.queue) == 0
+    later = asyncio.create_task(run(flow, detector, served, 0, "t", "later"))
+    detector.busy = 0
+    await asyncio.wait_for(later, 1.0)  # nothing leaked: the next request goes too
+    assert served == ["kept", "later"]

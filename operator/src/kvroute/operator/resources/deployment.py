@@ -19,6 +19,7 @@ from typing import Any
 
 from kvroute.operator.models import RouterSpec
 from kvroute.operator.resources.meta import ANNOTATION_CONFIG_HASH, Pool, labels, object_meta, selector_labels
+from kvroute.operator.resources.quantity import canonical
 
 EXT_PROC_PORT = 9002  # Envoy ext_proc (gRPC)
 HEALTH_PORT = 9003  # gRPC health: services "liveness" and "readiness"
@@ -88,9 +89,14 @@ def _probes(mode: str) -> dict[str, Any]:
 
 
 def _resources(router: RouterSpec) -> dict[str, Any]:
+    """As the API server will store them (canonical quantities, no empty lists), so that the live Deployment
+    contains the manifest and a reconcile with nothing to change writes nothing."""
     if router.resources is None:
         return DEFAULT_RESOURCES
-    return router.resources.model_dump(exclude_none=True)
+    lists = router.resources.model_dump(exclude_none=True)
+    return {
+        kind: {name: canonical(value) for name, value in values.items()} for kind, values in lists.items() if values
+    }
 
 
 def deployment(

@@ -6,12 +6,16 @@
 
 Each event is a tagged array, or (vLLM's newer map format) a map with the tag under `type` and the fields by name:
 
-    ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id?, medium?, lora_name?, ...]
-    ["BlockRemoved", block_hashes, medium?, ...]
+    ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id?, medium?, lora_name?,
+     extra_keys?, group_idx?, kv_cache_spec_kind?, kv_cache_spec_sliding_window?, ...]
+    ["BlockRemoved", block_hashes, medium?, group_idx?, ...]
     ["AllBlocksCleared", ...]
 
-Fields past those named (`extra_keys`, `group_idx`, ...) and map keys not named are ignored, as are events of
-another type (a newer engine's). A hash is an unsigned or signed 64-bit integer (a negative one is read as its
+vLLM 0.34 sends the map form (its events are tagged msgspec structs, not `array_like`, with `omit_defaults`:
+`group_idx` and the fields after it are absent when unset); the array form is older vLLM's and llm-d's simulator's.
+`group_idx` (the KV-cache group of a hybrid model) and `kv_cache_spec_kind` are kept; other fields
+(`extra_keys`, `locality`, `session_id`, ...) and map keys not named are ignored, as are events of another type
+(a newer engine's). A hash is an unsigned or signed 64-bit integer (a negative one is read as its
 two's complement), or bytes, of which the last 8 are read big-endian. Anything else (a frame missing, a topic
 without model, a field of the wrong type, a hash out of range) raises `MalformedMessage` saying what.
 """
@@ -28,8 +32,19 @@ from kvroute.router.framework import AllBlocksCleared, BlockRemoved, BlockStored
 
 _U64 = (1 << 64) - 1
 _I64_MIN = -(1 << 63)
-_STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id", "medium", "lora_name")
-_REMOVED_FIELDS = ("block_hashes", "medium")
+_STORED_FIELDS = (
+    "block_hashes",
+    "parent_block_hash",
+    "token_ids",
+    "block_size",
+    "lora_id",
+    "medium",
+    "lora_name",
+    "extra_keys",
+    "group_idx",
+    "kv_cache_spec_kind",
+)
+_REMOVED_FIELDS = ("block_hashes", "medium", "group_idx")
 
 
 class MalformedMessage(ValueError):
@@ -45,6 +60,11 @@ class KVEventMessage:
     timestamp: float
     events: tuple[KVEvent, ...]
     data_parallel_rank: int | None
+
+    @property
+    def rank(self) -> int:
+        """The publishing engine's data-parallel rank (0 when the message does not say)."""
+        return self.data_parallel_rank or 0
 
 
 def parse_topic(topic: str) -> tuple[str, str]:
@@ -79,8 +99,8 @@ def decode_message(frames: Sequence[bytes]) -> KVEventMessage:
         raise MalformedMessage("the timestamp is not a number")
     if not isinstance(raw_events, list):
         raise MalformedMessage("the events are not an array")
-    if rank is not None and not _is_int(rank):
-        raise MalformedMessage("the data parallel rank is not an integer")
+    if rank is not None and (not _is_int(rank) or rank < 0):
+        raise MalformedMessage("the data parallel rank is not a non-negative integer")
     events = tuple(event for event in map(decode_event, raw_events) if event is not None)
     return KVEventMessage(topic, endpoint_id, model, seq, float(timestamp), events, rank)
 
@@ -109,9 +129,15 @@ def decode_event(raw: Any) -> KVEvent | None:
             lora_id=_optional(fields.get("lora_id"), int, "lora_id"),
             medium=_optional(fields.get("medium"), str, "medium"),
             lora_name=_optional(fields.get("lora_name"), str, "lora_name"),
+            group_idx=_optional(fields.get("group_idx"), int, "group_idx"),
+            kind=_optional(fields.get("kv_cache_spec_kind"), str, "kv_cache_spec_kind"),
         )
     if tag == "BlockRemoved":
-        return BlockRemoved(_hashes(fields.get("block_hashes")), _optional(fields.get("medium"), str, "medium"))
+        return BlockRemoved(
+            _hashes(fields.get("block_hashes")),
+            _optional(fields.get("medium"), str, "medium"),
+            _optional(fields.get("group_idx"), int, "group_idx"),
+        )
     if tag == "AllBlocksCleared":
         return AllBlocksCleared()
     if not isinstance(tag, str):

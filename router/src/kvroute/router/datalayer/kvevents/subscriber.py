@@ -7,20 +7,24 @@ Socket (pyzmq asyncio, topic filter `subscription.topic_filter`, `kv@` by defaul
   the pool (connect on add, disconnect on remove); every engine binds that port. ZMQ reconnects by itself to an
   engine that restarts.
 
+With `data_parallel_size` N > 1 the socket binds, or connects to, the N ports from the configured one: vLLM's
+rank r publishes on the configured port + r (`ZmqEventPublisher.offset_endpoint_port`, for bind and connect).
+
 One task reads the socket and handles each message before reading the next (`handle`), so the messages of one
 endpoint are applied in the order they arrived. A message:
 
 1. is decoded (`decode`); a malformed one is counted, logged at debug level and dropped;
 2. must name, in its topic `kv@<ip:port>@<model>`, an endpoint of the pool; otherwise it is counted and dropped
    (an engine that is not, or no longer, in the pool must not create state);
-3. is checked against the last sequence number of its topic. The first message of a topic sets it. A number
+3. is checked against the last sequence number of its publisher, (topic, data-parallel rank): the ranks of one
+   endpoint share its topic and number their messages each from 0. The first message of a publisher sets it. A number
    more than one ahead is a gap (messages lost: counted, and logged at warning level at most once every
    `GAP_LOG_INTERVAL_S`); the entries stay, as a later `BlockRemoved` or LRU eviction corrects them. A number
    not ahead means the publisher restarted with an empty cache: counted, and the consumers receive an
    `AllBlocksCleared` ahead of the message's events;
-4. goes to every consumer (`on_kv_events`), whose exception is logged without stopping the loop; the events
-   applied are counted by kind, the blocks a consumer could not index too, and each consumer's index size is
-   published.
+4. goes to every consumer (`on_kv_events`, with the message's rank), whose exception is logged without stopping
+   the loop; the events applied are counted by kind, the blocks a consumer could not index too, and each
+   consumer's index size is published.
 
 The sequence state of an endpoint that leaves the pool is forgotten, so one that comes back under the same id
 starts afresh. `close` stops reading and closes the socket; `stop` also waits for the reading task. ZMQ releases
@@ -78,6 +82,17 @@ async def _bind(socket: zmq.asyncio.Socket, address: str, retry_for: float) -> N
         await asyncio.sleep(0.05)
 
 
+def offset_port(address: str, rank: int) -> str:
+    """`address` with its port moved up by `rank`, as vLLM moves the KV-events endpoint of data-parallel rank
+    `rank` (`tcp://*:5557` -> `tcp://*:5558` for rank 1); other transports get vLLM's `_dp<rank>` suffix."""
+    if rank == 0:
+        return address
+    if address.startswith("tcp://"):
+        host, _, port = address.rpartition(":")
+        return f"{host}:{int(port) + rank}"
+    return f"{address}_dp{rank}"
+
+
 def endpoint_address(endpoint: Endpoint, port: int) -> str:
     """The ZMQ address of an endpoint's publisher."""
     host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
@@ -102,15 +117,16 @@ class KVEventsSubscriber:
         self._socket: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._connected: dict[str, str] = {}  # endpoint id -> address connected to
-        self._last_seq: dict[str, int] = {}  # topic -> last sequence number
-        self._topics: dict[str, set[str]] = {}  # endpoint id -> its topics seen
+        self._connected: dict[str, list[str]] = {}  # endpoint id -> addresses connected to (one per rank)
+        self._last_seq: dict[tuple[str, int], int] = {}  # (topic, rank) -> last sequence number
+        self._topics: dict[str, set[tuple[str, int]]] = {}  # endpoint id -> its publishers seen
         self._gap_logged_at = -math.inf
         self._gaps_unlogged = 0
 
     @property
     def address(self) -> str | None:
-        """The address bound (a wildcard port resolved), None in per-endpoint mode or before `start`."""
+        """The address bound last (a wildcard port resolved; rank N-1's with N data-parallel ranks), None in
+        per-endpoint mode or before `start`."""
         if self._socket is None or self.subscription.bind is None:
             return None
         return str(self._socket.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -129,7 +145,8 @@ class KVEventsSubscriber:
             if bind is not None:
                 if "[" in bind:
                     socket.setsockopt(zmq.IPV6, 1)
-                await _bind(socket, bind, retry_for)
+                for rank in range(self.subscription.data_parallel_size):
+                    await _bind(socket, offset_port(bind, rank), retry_for)
         except BaseException:
             socket.close(linger=0)
             raise
@@ -185,9 +202,10 @@ class KVEventsSubscriber:
         events: Sequence[KVEvent] = message.events
         if self._restarted(message):
             events = (AllBlocksCleared(), *events)
+        rank = message.rank
         for consumer in self.consumers:
             try:
-                unindexed = consumer.on_kv_events(endpoint, message.model, events)
+                unindexed = consumer.on_kv_events(endpoint, message.model, events, rank)
             except Exception:
                 log.exception("KV events consumer %r failed on a message of %s", consumer.name, endpoint.id)
                 continue
@@ -204,12 +222,13 @@ class KVEventsSubscriber:
                 metrics.record_kv_events(kind, count)
 
     def _restarted(self, message: KVEventMessage) -> bool:
-        """Tracks the topic's sequence; True when the publisher restarted."""
-        topic, seq = message.topic, message.seq
-        last = self._last_seq.get(topic)
-        self._last_seq[topic] = seq
+        """Tracks the publisher's sequence; True when the publisher restarted."""
+        publisher, seq = (message.topic, message.rank), message.seq
+        last = self._last_seq.get(publisher)
+        self._last_seq[publisher] = seq
+        topic = message.topic if not message.rank else f"{message.topic} (rank {message.rank})"
         if last is None:
-            self._topics.setdefault(message.endpoint_id, set()).add(topic)
+            self._topics.setdefault(message.endpoint_id, set()).add(publisher)
             return False
         if seq <= last:
             log.info("KV event publisher %s restarted (sequence %d after %d): dropping its entries", topic, seq, last)
@@ -234,8 +253,8 @@ class KVEventsSubscriber:
 
     def _on_pool_change(self, change: PoolChange) -> None:
         for endpoint in change.removed:
-            for topic in self._topics.pop(endpoint.id, ()):
-                self._last_seq.pop(topic, None)
+            for publisher in self._topics.pop(endpoint.id, ()):
+                self._last_seq.pop(publisher, None)
             self._disconnect(endpoint.id)
         if self.subscription.endpoint_port is not None:
             for endpoint in change.added:
@@ -246,19 +265,23 @@ class KVEventsSubscriber:
         socket = self._socket
         if port is None or socket is None or endpoint.id in self._connected:
             return
-        address = endpoint_address(endpoint, port)
-        try:
-            if ":" in endpoint.address:
-                socket.setsockopt(zmq.IPV6, 1)
-            socket.connect(address)
-        except zmq.ZMQError as exc:
-            log.error("cannot connect to the KV events of %s at %s: %s", endpoint.id, address, exc)
-            return
-        self._connected[endpoint.id] = address
+        connected: list[str] = []
+        for rank in range(self.subscription.data_parallel_size):
+            address = endpoint_address(endpoint, port + rank)
+            try:
+                if ":" in endpoint.address:
+                    socket.setsockopt(zmq.IPV6, 1)
+                socket.connect(address)
+            except zmq.ZMQError as exc:
+                log.error("cannot connect to the KV events of %s at %s: %s", endpoint.id, address, exc)
+                continue
+            connected.append(address)
+        self._connected[endpoint.id] = connected
 
     def _disconnect(self, endpoint_id: str) -> None:
-        address = self._connected.pop(endpoint_id, None)
+        addresses = self._connected.pop(endpoint_id, ())
         socket = self._socket
-        if address is not None and socket is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                socket.disconnect(address)
+        if socket is not None:
+            for address in addresses:
+                with contextlib.suppress(zmq.ZMQError):
+                    socket.disconnect(address)

@@ -2,12 +2,26 @@
 
 Per endpoint e (slot bit `b_e`, as in `prefix.index`):
 
-    blocks[e]:       engine block hash -> request key (`prefix.request_keys`), least recently stored first
+    blocks[e]:       (rank, engine block hash) -> request key (`prefix.request_keys`), least recently stored first
     refs[e]:         request key -> how many of e's engine blocks map to it
     speculative[e]:  request key -> expiry, for prompts routed to e that its events have not confirmed yet
     owners:          request key -> bitmask of the endpoints holding it (in refs[e] or speculative[e])
 
-Events of endpoint e (`apply`, in the engine's order):
+An endpoint may run several data-parallel engines (ranks), each with its own cache and its own block hashes (two
+ranks holding one prompt send the same hashes): an engine block is identified by (rank, hash), and e holds a key
+while any of its ranks does. The (rank, hash) pair is one int, `hash | rank << 64`, which for rank 0 is the hash
+itself (no memory spent on endpoints without data parallelism).
+
+Hybrid models (vLLM's KV-cache groups): each group of a rank publishes the same hashes for the same tokens, with
+its `group_idx` and (on stores) its attention kind. Only one group per rank is indexed, the match group: the
+lowest-numbered full-attention group (kind `full_attention`, `mla_attention` or `sink_full_attention`; a store
+that names no kind counts as full attention when its group is 0 or unset). A full-attention group holds the whole
+prefix, which a sliding-window or Mamba group does not, so the other groups' stores and removals are ignored (a
+sliding window freeing its blocks must not remove the prefix). The endpoint's block size is the match group's.
+A store of the match group with a smaller block size than the group's is a partial-block entry (vLLM's
+`cache_partial_block`: one hash-block inside a larger cache block) and is ignored for matching.
+
+Events of endpoint e and rank r (`apply`, in the engine's order):
 
 - `BlockStored`: the keys of the stored blocks are chained from the key of their parent block (looked up in
   `blocks[e]`; no parent: the root of the event's adapter, else of the topic's model) over the event's token ids;
@@ -16,7 +30,7 @@ Events of endpoint e (`apply`, in the engine's order):
 - `BlockRemoved`: each engine hash is looked up in `blocks[e]` and its key's count drops; e leaves the key's
   owners only when no other engine block of e maps to it (engines may hold one prefix twice, under different
   hashes), and no speculative entry holds it.
-- `AllBlocksCleared`: everything of e is dropped.
+- `AllBlocksCleared`: everything of e's rank r is dropped (and e's speculative entries).
 
 Only the GPU tier is indexed: events of other media (CPU offload) are ignored, their blocks being no prefix hit
 without a transfer.
@@ -50,12 +64,14 @@ from kvroute.router.plugins.prefix.request_keys import chain_keys, root_key
 
 DEFAULT_CAPACITY = 131_072  # engine blocks per endpoint when its cache size is not known
 DEFAULT_MAX_ENTRIES = 4_000_000
+FULL_ATTENTION_KINDS = frozenset({"full_attention", "mla_attention", "sink_full_attention"})
+_RANK_SHIFT = 64
 
 
 class _Entries:
     """What the index holds for one endpoint."""
 
-    __slots__ = ("bit", "block_size", "blocks", "capacity", "refs", "speculative")
+    __slots__ = ("bit", "block_size", "blocks", "capacity", "groups", "refs", "speculative")
 
     def __init__(self, bit: int, capacity: int) -> None:
         self.bit = bit
@@ -64,6 +80,7 @@ class _Entries:
         self.blocks: OrderedDict[int, int] = OrderedDict()
         self.refs: dict[int, int] = {}
         self.speculative: dict[int, float] = {}
+        self.groups: dict[int, tuple[int, int]] = {}  # rank -> (match group, its block size)
 
 
 class PreciseIndex:
@@ -97,7 +114,7 @@ class PreciseIndex:
         return len(entries.blocks) if entries is not None else 0
 
     def block_size_of(self, endpoint_id: str) -> int | None:
-        """The block size of the endpoint's last `BlockStored`, None before any."""
+        """The block size of the endpoint's match group (its full blocks), None before any was stored."""
         entries = self._entries.get(endpoint_id)
         return entries.block_size if entries is not None else None
 
@@ -117,23 +134,28 @@ class PreciseIndex:
             entries.capacity = capacity
             self._trim(entries, capacity)
 
-    def apply(self, endpoint_id: str, model: str, events: Iterable[KVEvent], now: float) -> int:
-        """Applies one message's events of the endpoint, in order; returns the stored blocks it could not key."""
+    def apply(self, endpoint_id: str, model: str, events: Iterable[KVEvent], now: float, rank: int = 0) -> int:
+        """Applies one message's events of the endpoint's data-parallel rank `rank`, in order; returns the stored
+        blocks it could not key."""
         self._expire(now)
         entries = self._entries_of(endpoint_id)
+        rank_bits = rank << _RANK_SHIFT
         skipped = 0
         for event in events:
             if isinstance(event, BlockStored):
-                skipped += self._store(entries, model, event)
+                skipped += self._store(entries, model, event, rank)
             elif isinstance(event, BlockRemoved):
-                if event.medium is None or event.medium == GPU_MEDIUM:
+                group = entries.groups.get(rank)
+                if (event.medium is None or event.medium == GPU_MEDIUM) and (event.group_idx or 0) == (
+                    group[0] if group is not None else 0
+                ):
                     for engine_hash in event.block_hashes:
-                        key = entries.blocks.pop(engine_hash, None)
+                        key = entries.blocks.pop(engine_hash | rank_bits, None)
                         if key is not None:
                             self._blocks -= 1
                             self._unref(entries, key)
             elif isinstance(event, AllBlocksCleared):
-                self._clear(entries)
+                self._clear(entries, rank)
         if self._blocks > self._max_entries:
             self._evict_excess()
         return skipped
@@ -175,19 +197,40 @@ class PreciseIndex:
             entries = self._entries[endpoint_id] = _Entries(self._slots.acquire(endpoint_id), capacity)
         return entries
 
-    def _store(self, entries: _Entries, model: str, event: BlockStored) -> int:
+    def _match_group(self, entries: _Entries, event: BlockStored, rank: int) -> bool:
+        """Whether the store is of the rank's match group (and of full blocks); learns the group and its size."""
+        group, kind, size = event.group_idx or 0, event.kind, event.block_size
+        if not (kind in FULL_ATTENTION_KINDS or (kind is None and group == 0)):
+            return False
+        known = entries.groups.get(rank)
+        if known is None or group < known[0]:
+            if known is not None:  # a lower full-attention group shows up: it becomes the one indexed
+                self._clear(entries, rank, speculative=False)
+            entries.groups[rank] = (group, size)
+        elif group > known[0]:
+            return False
+        elif size != known[1]:
+            if size < known[1]:
+                return False  # a partial block of the group
+            entries.groups[rank] = (group, size)
+        entries.block_size = entries.groups[rank][1]
+        return True
+
+    def _store(self, entries: _Entries, model: str, event: BlockStored, rank: int) -> int:
         if event.medium is not None and event.medium != GPU_MEDIUM:
             return 0
         hashes, size = event.block_hashes, event.block_size
         if size <= 0:
             return len(hashes)
-        entries.block_size = size
+        if not self._match_group(entries, event, rank):
+            return 0
+        rank_bits = rank << _RANK_SHIFT
         if event.parent_block_hash is None:
             if event.lora_name is None and event.lora_id is not None:
                 return len(hashes)  # an adapter known only by its number: its root cannot be named
             parent = root_key(event.lora_name or model)
         else:
-            found = entries.blocks.get(event.parent_block_hash)
+            found = entries.blocks.get(event.parent_block_hash | rank_bits)
             if found is None:
                 return len(hashes)
             parent = found
@@ -199,7 +242,8 @@ class PreciseIndex:
         speculative = entries.speculative
         # Reversed, so a sequence's first block ends most recent and its tail is evicted first, as engines do: a
         # chain that loses its head is useless for matching.
-        for engine_hash, key in reversed(list(zip(hashes, keys, strict=False))):
+        for raw_hash, key in reversed(list(zip(hashes, keys, strict=False))):
+            engine_hash = raw_hash | rank_bits
             old = blocks.get(engine_hash)
             if old is not None:
                 blocks.move_to_end(engine_hash)
@@ -237,18 +281,30 @@ class PreciseIndex:
             self._blocks -= 1
             self._unref(entries, key)
 
-    def _clear(self, entries: _Entries) -> None:
+    def _clear(self, entries: _Entries, rank: int | None = None, *, speculative: bool = True) -> None:
+        """Drops the blocks of `rank` (of every rank when None), and with `speculative` the endpoint's
+        speculative entries."""
         owners, bit = self._owners, entries.bit
-        for key in entries.refs:
-            clear_bit(owners, key, bit)
-        for key in entries.speculative:
-            if key not in entries.refs:
-                clear_bit(owners, key, bit)
-        self._blocks -= len(entries.blocks)
-        self._speculative -= len(entries.speculative)
-        entries.blocks.clear()
-        entries.refs.clear()
-        entries.speculative.clear()
+        if rank is not None and any(other != rank for other in entries.groups):
+            entries.groups.pop(rank, None)
+            blocks = entries.blocks
+            for engine_hash in [h for h in blocks if h >> _RANK_SHIFT == rank]:
+                self._blocks -= 1
+                self._unref(entries, blocks.pop(engine_hash))
+        else:
+            entries.groups.clear()
+            for key in entries.refs:
+                if key not in entries.speculative:
+                    clear_bit(owners, key, bit)
+            self._blocks -= len(entries.blocks)
+            entries.blocks.clear()
+            entries.refs.clear()
+        if speculative:
+            for key in entries.speculative:
+                if key not in entries.refs:
+                    clear_bit(owners, key, bit)
+            self._speculative -= len(entries.speculative)
+            entries.speculative.clear()
 
     def _evict_excess(self) -> None:
         while self._blocks > self._max_entries:

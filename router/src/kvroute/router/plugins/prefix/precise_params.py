@@ -56,6 +56,12 @@ class KVEventsParams(PluginParams):
         description="Port of each endpoint's publisher: the router connects to tcp://<endpoint address>:<port>.",
     )
     topic_filter: str = Field(default="kv@", description="Topic prefix subscribed to.")
+    data_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Data-parallel ranks per endpoint (vLLM --data-parallel-size): rank r publishes on port + r.",
+    )
 
     @field_validator("bind")
     @classmethod
@@ -74,10 +80,22 @@ class KVEventsParams(PluginParams):
                 "set bind (e.g. tcp://*:5557: the router binds, engines connect) or endpointPort (e.g. "
                 "5557: the router connects to every endpoint)"
             )
+        match = _TCP.match(self.bind or "")
+        port = int(match.group(2)) if match is not None else self.endpoint_port
+        if port is not None and port + self.data_parallel_size - 1 > 65535:
+            raise ValueError(
+                f"dataParallelSize {self.data_parallel_size} needs ports {port}..{port + self.data_parallel_size - 1}"
+                ", past 65535"
+            )
         return self
 
     def subscription(self) -> KVEventsSubscription:
-        return KVEventsSubscription(bind=self.bind, endpoint_port=self.endpoint_port, topic_filter=self.topic_filter)
+        return KVEventsSubscription(
+            bind=self.bind,
+            endpoint_port=self.endpoint_port,
+            topic_filter=self.topic_filter,
+            data_parallel_size=self.data_parallel_size,
+        )
 
 
 class PrecisePrefixParams(PluginParams):

@@ -9,7 +9,8 @@ scheduling (`prepare`), and keyed per full block of B tokens (`prefix.request_ke
     score_e = matched_e / total_B      (0 for every endpoint when total_B = 0)
 
 where `total_B` is the number of keyed blocks of the prompt and `matched_e` how many of them, from the first, e's
-engine holds. B is e's block size: the one in e's last `BlockStored`, else its scraped `cache_config_info`, else
+engine holds. B is e's block size: its full-attention group's (`prefix.precise_index`: the size of that group's
+full blocks, whatever other KV-cache groups or partial blocks send), else its scraped `cache_config_info`, else
 `blockSizeTokens` (16). e.g. a 70-token prompt with B = 16 has 4 full blocks; an endpoint holding the first 3
 scores 0.75. A request whose tokens are unknown (the `engine` tokenizer failed) scores 0 everywhere and
 publishes no match info; the Director counts the failure.
@@ -23,7 +24,8 @@ picked one (primary, and the prefill target in P/D) for `speculativeTTL` (2 s; 0
 sharing a prefix follows the first before its engine has reported anything; real events confirm or replace them.
 
 Memory: per endpoint at most `lruCapacityPerEndpoint` engine blocks (default twice its scraped `num_gpu_blocks`,
-else 131,072), all endpoints at most `maxEntries` (4,000,000); 170 to 240 bytes per entry (`prefix.precise_index`).
+the sum over its data-parallel engines, else 131,072), all endpoints at most `maxEntries` (4,000,000); 170 to
+240 bytes per entry (`prefix.precise_index`).
 An endpoint that leaves the pool is forgotten at once.
 
 `clock` (default `time.monotonic`) is the time base of the speculative TTL; a discrete-event benchmark passes its
@@ -153,9 +155,9 @@ class PrecisePrefixCacheScorer(Scorer, PreRequest, EndpointObserver, Preparer, K
     def kv_events_subscription(self) -> KVEventsSubscription:
         return self._subscription
 
-    def on_kv_events(self, endpoint: Endpoint, model: str, events: Sequence[KVEvent]) -> int:
+    def on_kv_events(self, endpoint: Endpoint, model: str, events: Sequence[KVEvent], rank: int = 0) -> int:
         self.index.set_capacity(endpoint.id, self.capacity_of(endpoint))
-        return self.index.apply(endpoint.id, model, events, self.clock())
+        return self.index.apply(endpoint.id, model, events, self.clock(), rank)
 
     def kv_index_entries(self) -> int:
         return self.index.entries
@@ -163,7 +165,8 @@ class PrecisePrefixCacheScorer(Scorer, PreRequest, EndpointObserver, Preparer, K
     # Helpers
 
     def block_size_of(self, endpoint: Endpoint) -> int:
-        """Tokens per block on the endpoint: from its events, else its metrics, else `blockSizeTokens`."""
+        """Tokens per block on the endpoint: its match group's from its events, else its metrics, else
+        `blockSizeTokens`."""
         return self.index.block_size_of(endpoint.id) or endpoint.metrics.block_size or self._block_size
 
     def capacity_of(self, endpoint: Endpoint) -> int:

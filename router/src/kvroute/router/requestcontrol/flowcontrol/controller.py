@@ -129,12 +129,15 @@ class FlowController:
             self._fallback.cancel()
             self._fallback = None
         queue = self.queue
-        if queue and not self._in_transit:
+        while queue and not self._in_transit:
             item = queue.pop(self._gate().admits)
-            if item is not None:
-                self._in_transit += 1
-                item.payload.set_result(None)
-                self._changed(item, -1)
+            if item is None:
+                break
+            self._changed(item, -1)
+            if item.payload.done():
+                continue  # its waiter was cancelled (TTL, client gone) and has yet to run: it accounts for itself
+            self._in_transit += 1
+            item.payload.set_result(None)
         if queue:
             self._fallback = asyncio.get_running_loop().call_later(self._recheck, self.wake)
 
@@ -145,10 +148,11 @@ class FlowController:
         return self._limits().gate(self._detector().saturation(self._candidates()), active)
 
     def _leave(self, item: QueueItem[asyncio.Future[None]], reason: str) -> None:
+        """The waiter of `item` gives up (once): out of the queue, unless a dispatch pass already took it out."""
         if self.queue.remove(item):
             self._changed(item, -1)
-            if self._metrics is not None:
-                self._metrics.reject(item.priority, reason)
+        if self._metrics is not None:
+            self._metrics.reject(item.priority, reason)
 
     def _changed(self, item: QueueItem[asyncio.Future[None]], change: int) -> None:
         if self._metrics is not None:
