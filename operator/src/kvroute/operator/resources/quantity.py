@@ -39,14 +39,13 @@ def canonical(quantity: int | str) -> int | str:
         return quantity
     with localcontext(prec=_PRECISION):
         try:
-            return _canonical(*match.groups(), original=quantity)
+            return _canonical(match, original=quantity)
         except DecimalException:
             return quantity
 
 
-def _canonical(
-    number: str, exponent: str | None, binary: str | None, decimal: str | None, original: int | str
-) -> int | str:
+def _canonical(match: re.Match[str], original: int | str) -> int | str:
+    number, exponent, binary, decimal = match.groups()
     value = Decimal(number)
     if exponent:
         value = value.scaleb(int(exponent[1:]))
