@@ -121,8 +121,21 @@ def scenarios(kv: types.ModuleType) -> dict[str, list[tuple[int, list[Any]]]]:
             (0, [removed(sha[2:], group_idx=0)]),
         ],
         "lora": [
-            (0, [stored([301, 302], None, range(1, 9), 4, lora_id=1, lora_name="sql-lora",
-                        extra_keys=[("sql-lora",), ("sql-lora",)], **full)]),
+            (
+                0,
+                [
+                    stored(
+                        [301, 302],
+                        None,
+                        range(1, 9),
+                        4,
+                        lora_id=1,
+                        lora_name="sql-lora",
+                        extra_keys=[("sql-lora",), ("sql-lora",)],
+                        **full,
+                    )
+                ],
+            ),
         ],
         # Two data-parallel ranks of one server: same topic, each its own sequence; the same prompt (same
         # hashes) cached on both; rank 1 then evicts its copy.
@@ -135,14 +148,24 @@ def scenarios(kv: types.ModuleType) -> dict[str, list[tuple[int, list[Any]]]]:
         # A hybrid model: the same hashes for the full-attention group 0 and the sliding-window group 1; the
         # sliding window then frees its blocks.
         "hybrid_groups": [
-            (0, [stored([101, 102, 103], None, range(1, 13), 4, **full),
-                 stored([101, 102, 103], None, range(1, 13), 4, **sliding)]),
+            (
+                0,
+                [
+                    stored([101, 102, 103], None, range(1, 13), 4, **full),
+                    stored([101, 102, 103], None, range(1, 13), 4, **sliding),
+                ],
+            ),
             (0, [removed([101, 102], group_idx=1)]),
         ],
         # Groups of different block sizes (full attention 4, Mamba 12); the Mamba group's event comes last.
         "hybrid_block_sizes": [
-            (0, [stored([101, 102, 103], None, range(1, 13), 4, **full),
-                 stored([401], None, range(1, 13), 12, group_idx=1, kv_cache_spec_kind="mamba")]),
+            (
+                0,
+                [
+                    stored([101, 102, 103], None, range(1, 13), 4, **full),
+                    stored([401], None, range(1, 13), 12, group_idx=1, kv_cache_spec_kind="mamba"),
+                ],
+            ),
         ],
         # Fine-grained prefix caching: a group of block size 8 hashed every 4 tokens caches a partial entry
         # (`BlockPool.cache_partial_block`): one hash, the last 4 tokens, block_size 4.
@@ -254,8 +277,15 @@ VLLM_VALUES = {  # per engine: waiting, running, kv usage
     "0": {"waiting": 2, "running": 3, "kv_usage": 0.25},
     "1": {"waiting": 7, "running": 5, "kv_usage": 0.9},
 }
-CACHE_INFO = {"block_size": "16", "num_gpu_blocks": "8192", "num_cpu_blocks": "None", "cache_dtype": "auto",
-              "enable_prefix_caching": "True", "gpu_memory_utilization": "0.9", "prefix_caching_hash_algo": "sha256"}
+CACHE_INFO = {
+    "block_size": "16",
+    "num_gpu_blocks": "8192",
+    "num_cpu_blocks": "None",
+    "cache_dtype": "auto",
+    "enable_prefix_caching": "True",
+    "gpu_memory_utilization": "0.9",
+    "prefix_caching_hash_algo": "sha256",
+}
 
 
 def record_vllm_metrics(vllm: Wheel, out: Path) -> None:
@@ -317,8 +347,13 @@ def record_sglang_metrics(sglang: Wheel, out: Path) -> None:
             "sglang.srt.runtime_context": {"get_schedule": lambda: schedule},
         },
     )
-    base = {"model_name": "meta-llama/Llama-3.1-8B-Instruct", "engine_type": "unified", "tp_rank": 0,
-            "pp_rank": 0, "moe_ep_rank": 0}
+    base = {
+        "model_name": "meta-llama/Llama-3.1-8B-Instruct",
+        "engine_type": "unified",
+        "tp_rank": 0,
+        "pp_rank": 0,
+        "moe_ep_rank": 0,
+    }
     collector = collector_module.SchedulerMetricsCollector(
         labels=base | {"dp_rank": 0}, server_args=mock.MagicMock(name="ServerArgs")
     )

@@ -11,11 +11,11 @@ import zmq
 
 from kvroute.simulator.engine.block_manager import chain_hashes, root_hash
 from kvroute.simulator.engine.engine import Engine
-from kvroute.simulator.engine.kv_events import AllBlocksCleared, BlockStored, KVEvent
+from kvroute.simulator.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVCacheGroup, KVEvent
 from kvroute.simulator.engine.profiles import PROFILES
 from kvroute.simulator.engine.request import EngineRequest
-from kvroute.simulator.kv_publisher import KVEventPublisher
-from tests.support import eventually_sync
+from kvroute.simulator.kv_publisher import KVEventPublisher, offset_endpoint
+from tests.support import eventually_sync, free_port
 
 TOPIC = "kv@127.0.0.1:8000@tiny-model"
 BLOCK = 16
@@ -240,3 +240,55 @@ def test_empty_batches_send_nothing_and_a_closed_publisher_refuses() -> None:
         assert pub.next_seq == 0
     with pytest.raises(RuntimeError, match="closed"):
         pub.publish([AllBlocksCleared()], 2.0)
+
+
+def test_rank_endpoints_are_offset_as_vllm_offsets_them() -> None:
+    assert offset_endpoint("tcp://*:5557", 0) == "tcp://*:5557"
+    assert offset_endpoint("tcp://*:5557", 1) == "tcp://*:5558"
+    assert offset_endpoint("tcp://10.0.0.1:5557", 3) == "tcp://10.0.0.1:5560"
+    assert offset_endpoint("tcp://*:0", 2) == "tcp://*:0"
+    assert offset_endpoint("ipc:///tmp/kv", 1) == "ipc:///tmp/kv_dp1"
+
+
+def test_a_data_parallel_rank_publishes_on_its_port_with_its_rank(sub: zmq.Socket[bytes]) -> None:
+    port = free_port()
+    with KVEventPublisher(f"tcp://127.0.0.1:{port}", TOPIC, data_parallel_rank=1) as pub:
+        assert pub.endpoint == f"tcp://127.0.0.1:{port + 1}"
+        sub.connect(pub.endpoint)
+        eventually_sync(lambda: _probe(pub, sub), timeout=5.0, interval=0, message="the subscriber to join")
+        _, seq, payload = sub.recv_multipart()
+    assert struct.unpack(">Q", seq)[0] == 0  # each rank numbers its own messages
+    assert msgpack.unpackb(payload)[2] == 1
+
+
+def _probe(pub: KVEventPublisher, sub: zmq.Socket[bytes]) -> bool:
+    if pub.next_seq == 0:
+        pub.publish([AllBlocksCleared()], 0.0)
+    return bool(sub.poll(20))
+
+
+def test_hybrid_groups_publish_each_store_per_group_and_the_window_frees_old_blocks(
+    sub: zmq.Socket[bytes],
+) -> None:
+    groups = (KVCacheGroup("full_attention"), KVCacheGroup("sliding_window", 2 * BLOCK))
+    with KVEventPublisher("tcp://127.0.0.1:*", TOPIC, groups=groups) as pub:
+        sub.connect(pub.endpoint)
+        join(pub, sub)
+        pub.publish([BlockStored((1, 2, 3, 4), None, tuple(range(4 * BLOCK)), BLOCK, None)], 1.0)
+        stored = receive(sub)
+        pub.publish([BlockRemoved((1, 2, 3, 4))], 2.0)
+        removed = receive(sub)
+
+    full, sliding, freed = stored.events
+    assert full[0] == sliding[0] == "BlockStored" and full[1] == sliding[1] == [1, 2, 3, 4]
+    assert full[8:] == [None, 0, "full_attention", None]
+    assert sliding[8:] == [None, 1, "sliding_window", 2 * BLOCK]
+    assert freed == ["BlockRemoved", [1, 2], "GPU", 1]  # outside the 32-token window of the run's end
+    assert removed.events == [["BlockRemoved", [1, 2, 3, 4], "GPU", 0], ["BlockRemoved", [3, 4], "GPU", 1]]
+
+
+def test_group_zero_must_be_full_attention() -> None:
+    with pytest.raises(ValueError, match="group 0"):
+        KVEventPublisher("tcp://127.0.0.1:*", TOPIC, groups=(KVCacheGroup("sliding_window", 64),))
+    with pytest.raises(ValueError, match="positive window"):
+        KVCacheGroup.parse("sliding_window")

@@ -91,12 +91,27 @@ def reference_parse(text: str, engine: EngineSpec) -> ParsedMetrics:
     def series(name: str) -> list[tuple[dict[str, str], float]]:
         return [(dict(s.labels), s.value) for s in samples if s.name == name and math.isfinite(s.value)]
 
-    def first(name: str | None) -> float | None:
-        found = series(name) if name else []
-        return found[0][1] if found else None
+    def per_engine(name: str | None) -> dict[str, tuple[dict[str, str], float]]:
+        """The first series of each engine, breakdowns skipped."""
+        found: dict[str, tuple[dict[str, str], float]] = {}
+        for labels, value in series(name) if name else []:
+            if engine.breakdown_label and labels.get(engine.breakdown_label):
+                continue
+            rank = labels.get(engine.rank_label, "") if engine.rank_label else ""
+            found.setdefault(rank, (labels, value))
+            if engine.rank_label is None:
+                break
+        return found
+
+    def values(name: str | None) -> list[float]:
+        return [value for _, value in per_engine(name).values()]
 
     def count(value: float | None) -> int | None:
         return None if value is None else max(0, int(value))
+
+    def total(name: str) -> int | None:
+        found = values(name)
+        return count(sum(found)) if found else None
 
     def int_label(labels: dict[str, str], name: str) -> int | None:
         try:
@@ -105,16 +120,29 @@ def reference_parse(text: str, engine: EngineSpec) -> ParsedMetrics:
             return None
         return count(value) if math.isfinite(value) else None
 
-    kv = next((v for v in (first(name) for name in engine.kv_usage) if v is not None), None)
-    block_size = num_blocks = None
-    if engine.cache_info and series(engine.cache_info):
-        info = series(engine.cache_info)[0][0]
-        block_size = int_label(info, engine.cache_info_block_size_label)
-        num_blocks = int_label(info, engine.cache_info_num_blocks_label)
-    if engine.block_size_gauge:
-        block_size = count(first(engine.block_size_gauge))
-    if engine.num_blocks_gauge:
-        num_blocks = count(first(engine.num_blocks_gauge))
+    sizes: dict[str, int] = {}
+    blocks: dict[str, int] = {}
+    for gauge, into in ((engine.block_size_gauge, sizes), (engine.num_blocks_gauge, blocks)):
+        for rank, (_, value) in per_engine(gauge).items():
+            into[rank] = max(0, int(value))
+    if engine.cache_info and not (sizes and blocks):
+        for rank, (info, _) in per_engine(engine.cache_info).items():
+            size, number = (
+                int_label(info, engine.cache_info_block_size_label),
+                int_label(info, engine.cache_info_num_blocks_label),
+            )
+            if size is not None:
+                sizes.setdefault(rank, size)
+            if number is not None:
+                blocks.setdefault(rank, number)
+    usage = next((found for found in (per_engine(name) for name in engine.kv_usage) if found), {})
+    kv = None
+    if usage:
+        weights = [blocks.get(rank, 0) for rank in usage]
+        if all(weights):
+            kv = sum(v * w for (_, v), w in zip(usage.values(), weights, strict=True)) / sum(weights)
+        else:
+            kv = sum(v for _, v in usage.values()) / len(usage)
     lora = None
     if engine.lora_info and series(engine.lora_info):
         labels = max(series(engine.lora_info), key=lambda item: item[1])[0]
@@ -124,12 +152,12 @@ def reference_parse(text: str, engine: EngineSpec) -> ParsedMetrics:
             waiting=tuple(a.strip() for a in labels.get("waiting_lora_adapters", "").split(",") if a.strip()),
         )
     return ParsedMetrics(
-        waiting=count(first(engine.waiting)),
-        running=count(first(engine.running)),
+        waiting=total(engine.waiting),
+        running=total(engine.running),
         kv_usage=None if kv is None else min(1.0, max(0.0, kv)),
         lora=lora,
-        block_size=block_size,
-        num_gpu_blocks=num_blocks,
+        block_size=next(iter(sizes.values()), None),
+        num_gpu_blocks=sum(blocks.values()) if blocks else None,
     )
 
 
@@ -197,17 +225,18 @@ def test_label_values_with_escapes_braces_and_commas() -> None:
     assert lora == reference_parse(text, ENGINES["vllm"]).lora
 
 
-def test_first_series_wins_and_values_are_normalised() -> None:
+def test_engines_are_summed_the_first_series_of_an_engine_wins_and_values_are_normalised() -> None:
     text = (
         'vllm:num_requests_waiting{engine="0"} 3.9\n'
         'vllm:num_requests_waiting{engine="1"} 5\n'
+        'vllm:num_requests_waiting{engine="1"} 50\n'
         "vllm:num_requests_running -2\n"
         "vllm:kv_cache_usage_perc 1.7 1700000000000\n"
     )
 
     parsed = parse_metrics(text, ENGINES["vllm"])
 
-    assert (parsed.waiting, parsed.running, parsed.kv_usage) == (3, 0, 1.0)
+    assert (parsed.waiting, parsed.running, parsed.kv_usage) == (8, 0, 1.0)
 
 
 def test_unreadable_values_are_absent_and_the_next_series_is_used() -> None:

@@ -104,11 +104,11 @@ async def test_envoy_and_the_sidecar_disaggregate_a_request(pd_gateway: Any, str
     for pod, text, completion_tokens, prompt_tokens in answers:
         assert (pod, completion_tokens) == (decode.pod_name, 5)  # decoded by the decode server ...
         assert text and prompt_tokens > 2000
-    success = 'vllm:request_success_total{finished_reason="length",model_name="%s"}' % MODEL  # noqa: UP031
+    success = 'vllm:request_success_total{engine="0",finished_reason="length",model_name="%s"}' % MODEL  # noqa: UP031
     assert await metric(prefill, re.escape(success)) == 2  # ... after one single-token prefill each there
-    assert await metric(prefill, re.escape(f'vllm:generation_tokens_total{{model_name="{MODEL}"}}')) == 2
+    assert await metric(prefill, re.escape(f'vllm:generation_tokens_total{{engine="0",model_name="{MODEL}"}}')) == 2
     assert await metric(decode, re.escape(success)) == 2
     # The decode server pulled the prompt's KV instead of computing it: its TTFT is a fraction of the prefill's.
-    ttft = re.escape(f'vllm:time_to_first_token_seconds_sum{{model_name="{MODEL}"}}')
+    ttft = re.escape(f'vllm:time_to_first_token_seconds_sum{{engine="0",model_name="{MODEL}"}}')
     on_prefill, on_decode = await metric(prefill, ttft), await metric(decode, ttft)
     assert 0 < on_decode < on_prefill / 4, (on_decode, on_prefill)

@@ -73,10 +73,12 @@ async def test_every_vllm_family_is_exported_with_the_model_label(sim: Any) -> N
         "vllm:e2e_request_latency_seconds": "histogram",
     }
     assert {name: metrics.families[name].type for name in expected} == expected
-    for name in ("vllm:num_requests_running", "vllm:cache_config_info", "vllm:lora_requests_info"):
-        assert metrics.labels(name)["model_name"] == MODEL
+    # vLLM 0.34's labels: model_name and engine on the engine's series, engine only on cache_config_info, neither
+    # on lora_requests_info.
+    assert metrics.labels("vllm:num_requests_running") == {"model_name": MODEL, "engine": "0"}
     config = metrics.labels("vllm:cache_config_info")
-    assert (config["block_size"], config["num_gpu_blocks"]) == ("16", "5000")
+    assert (config["block_size"], config["num_gpu_blocks"], config["engine"]) == ("16", "5000", "0")
+    assert "model_name" not in metrics.labels("vllm:lora_requests_info")
     assert metrics.labels("vllm:lora_requests_info")["max_lora"] == "2"
 
 

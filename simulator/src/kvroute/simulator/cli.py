@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kvroute.simulator.des import cli as des_cli
+from kvroute.simulator.engine.kv_events import KVCacheGroup
 from kvroute.simulator.engine.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from kvroute.simulator.server.config import DEFAULT_MODEL, ServerConfig
 from kvroute.simulator.server.faults import FAILURE_TYPES
@@ -121,6 +122,22 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--kv-events-connect", action="store_true", help="connect to the KV-events endpoint instead of binding it")
     add("--kv-events-map-format", action="store_true", help="encode KV events as maps instead of arrays")
+    add(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="engines behind the port, as vLLM's data parallelism: each has its own KV cache, publishes its KV "
+        'events on the endpoint\'s port + its rank and its metrics under engine="<rank>"; a request goes to '
+        "the rank of its X-data-parallel-rank header, else to the least loaded (default 1)",
+    )
+    add(
+        "--kv-cache-groups",
+        nargs="+",
+        default=[],
+        metavar="KIND[:WINDOW]",
+        help="publish KV events as a hybrid model with these KV-cache groups, e.g. full_attention "
+        "sliding_window:64 (group 0 must be full_attention; default: one group, no group fields)",
+    )
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level")
 
 
@@ -141,6 +158,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--default-max-tokens must be at least 1")
     if not 0 < args.port < 65536:
         raise ValueError("--port must be between 1 and 65535")
+    if not 1 <= args.data_parallel_size <= 64:
+        raise ValueError("--data-parallel-size must be between 1 and 64")
+    groups = tuple(KVCacheGroup.parse(text) for text in args.kv_cache_groups)
+    if groups and groups[0].kind != "full_attention":
+        raise ValueError("--kv-cache-groups: group 0 must be full_attention")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -160,6 +182,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         kv_events_endpoint=args.kv_events_endpoint,
         kv_events_connect=args.kv_events_connect,
         kv_events_map_format=args.kv_events_map_format,
+        data_parallel_size=args.data_parallel_size,
+        kv_cache_groups=groups,
     )
 
 

@@ -11,7 +11,9 @@ Message: one multipart message per non-empty batch of events,
     frame 2  payload     msgpack array [timestamp, events, data_parallel_rank]
 
 `timestamp` is a float64 (seconds, the engine clock), `events` an array of events in the order the engine
-recorded them, `data_parallel_rank` always 0. Each event is a tagged array (the default):
+recorded them, `data_parallel_rank` the publishing engine's rank (0 without data parallelism). Data-parallel
+rank r publishes on the configured endpoint's port + r, as vLLM does (`offset_endpoint`), under the same topic,
+numbering its messages from 0. Each event is a tagged array (the default):
 
     ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name]
     ["BlockRemoved", block_hashes, medium]
@@ -34,6 +36,17 @@ Fields:
   in load order). `lora_name` is the adapter's name.
 - `medium`: always "GPU"; the simulator has no offload tiers.
 
+Hybrid models (`groups`, e.g. `(KVCacheGroup("full_attention"), KVCacheGroup("sliding_window", 64))`): as vLLM
+0.34 does, every store is published once per KV-cache group, with the same hashes, and the events carry
+`extra_keys` (nil), `group_idx` and, on stores, `kv_cache_spec_kind` and `kv_cache_spec_sliding_window`:
+
+    ["BlockStored", ..., lora_name, nil, group_idx, kind, sliding_window]     ["BlockRemoved", hashes, "GPU", group_idx]
+
+The engine's own blocks are group 0's (which must be full attention). A sliding-window group of window W tokens
+keeps, of each stored run, the blocks that W covers from its end (ceil(W / block_size)), and announces the
+removal of the others in the same message, as a window that slides past them; a removal of group 0 removes the
+blocks the other groups still hold too.
+
 Delivery is best effort, as in vLLM. A subscriber that joins late misses what was sent before (ZMQ's slow
 joiner), and a message sent while no subscriber is connected reaches nobody. The socket does not drop silently
 when a subscriber falls behind: a message that cannot be queued for every subscriber within the send
@@ -51,11 +64,19 @@ from typing import Any, Self
 import msgpack
 import zmq
 
-from kvroute.simulator.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from kvroute.simulator.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVCacheGroup, KVEvent
 
 MEDIUM = "GPU"
-DATA_PARALLEL_RANK = 0
 _SEQ = struct.Struct(">Q")
+
+
+def offset_endpoint(endpoint: str, rank: int) -> str:
+    """vLLM's `ZmqEventPublisher.offset_endpoint_port`: rank r's endpoint is the port + r (a port 0 is left for
+    the OS to pick); `inproc`/`ipc` endpoints get a `_dp<r>` suffix."""
+    if rank == 0 or not endpoint.startswith("tcp://"):
+        return endpoint if rank == 0 else f"{endpoint}_dp{rank}"
+    base, _, port = endpoint.rpartition(":")
+    return endpoint if int(port) == 0 else f"{base}:{int(port) + rank}"
 
 
 class KVEventPublisher:
@@ -68,9 +89,16 @@ class KVEventPublisher:
         map_format: bool = False,
         lora_ids: Mapping[str, int] | None = None,
         send_hwm: int = 1000,
+        data_parallel_rank: int = 0,
+        groups: Sequence[KVCacheGroup] = (),
     ) -> None:
+        if groups and groups[0].kind != "full_attention":
+            raise ValueError("KV-cache group 0 holds the engine's blocks: it must be full_attention")
         self.topic = topic
         self.map_format = map_format
+        self.data_parallel_rank = data_parallel_rank
+        self.groups = tuple(groups)
+        self._held: list[set[int]] = [set() for _ in self.groups]  # per group: hashes still held
         self.dropped = 0
         self._topic = topic.encode()
         self._seq = 0
@@ -81,9 +109,9 @@ class KVEventPublisher:
             socket.setsockopt(zmq.SNDHWM, send_hwm)
             socket.setsockopt(zmq.XPUB_NODROP, 1)  # report a full queue (EAGAIN) instead of dropping silently
             if bind:
-                socket.bind(endpoint)
+                socket.bind(offset_endpoint(endpoint, data_parallel_rank))
             else:
-                socket.connect(endpoint)
+                socket.connect(offset_endpoint(endpoint, data_parallel_rank))
         except BaseException:
             socket.close(linger=0)
             raise
@@ -104,7 +132,8 @@ class KVEventPublisher:
             return
         if self._socket.closed:
             raise RuntimeError("the KV event publisher is closed")
-        payload = msgpack.packb([timestamp, [self._encode(e) for e in events], DATA_PARALLEL_RANK])
+        encoded = [self._encode(*grouped) for event in events for grouped in self._per_group(event)]
+        payload = msgpack.packb([timestamp, encoded, self.data_parallel_rank])
         seq = self._seq
         self._seq += 1
         try:
@@ -126,7 +155,36 @@ class KVEventPublisher:
     ) -> None:
         self.close()
 
-    def _encode(self, event: KVEvent) -> list[Any] | dict[str, Any]:
+    def _per_group(self, event: KVEvent) -> list[tuple[KVEvent, int | None]]:
+        """The event as each KV-cache group publishes it: (event, group index), group None without groups."""
+        if not self.groups:
+            return [(event, None)]
+        out: list[tuple[KVEvent, int | None]] = []
+        for index, (group, held) in enumerate(zip(self.groups, self._held, strict=True)):
+            match event:
+                case BlockStored():
+                    out.append((event, index))
+                    hashes = event.block_hashes
+                    keep = len(hashes)
+                    if group.sliding_window is not None:
+                        keep = min(keep, -(-group.sliding_window // event.block_size))
+                    held.update(hashes[len(hashes) - keep :])
+                    if keep < len(hashes):
+                        gone = hashes[: len(hashes) - keep]
+                        held.difference_update(gone)
+                        out.append((BlockRemoved(gone), index))
+                case BlockRemoved():
+                    gone = tuple(h for h in event.block_hashes if h in held) if index else event.block_hashes
+                    held.difference_update(gone)
+                    if gone:
+                        out.append((BlockRemoved(gone), index))
+                case AllBlocksCleared():
+                    held.clear()
+                    if index == 0:
+                        out.append((event, None))
+        return out
+
+    def _encode(self, event: KVEvent, group_idx: int | None) -> list[Any] | dict[str, Any]:
         fields: dict[str, Any]
         match event:
             case BlockStored():
@@ -140,9 +198,17 @@ class KVEventPublisher:
                     "medium": MEDIUM,
                     "lora_name": event.lora_name,
                 }
+                if group_idx is not None:
+                    group = self.groups[group_idx]
+                    fields["extra_keys"] = None
+                    fields["group_idx"] = group_idx
+                    fields["kv_cache_spec_kind"] = group.kind
+                    fields["kv_cache_spec_sliding_window"] = group.sliding_window
             case BlockRemoved():
                 tag = "BlockRemoved"
                 fields = {"block_hashes": event.block_hashes, "medium": MEDIUM}
+                if group_idx is not None:
+                    fields["group_idx"] = group_idx
             case AllBlocksCleared():
                 tag = "AllBlocksCleared"
                 fields = {}

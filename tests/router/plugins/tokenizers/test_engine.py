@@ -85,6 +85,31 @@ async def test_completions_and_chat_are_sent_as_vllm_expects(servers: Any, token
     assert server.received == [{"model": "org/m", "prompt": "abc"}, {"model": "org/m", "messages": messages}]
 
 
+async def test_the_fields_that_change_the_tokens_are_forwarded(servers: Any, tokenizer: EngineTokenizer) -> None:
+    server = await servers(tokens_of_length)
+    messages = [{"role": "user", "content": "weather?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    chat_fields = {
+        "tools": tools,
+        "chat_template_kwargs": {"enable_thinking": False},
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+        "add_special_tokens": True,
+    }
+
+    await tokenizer.tokenize(
+        request(ApiKind.CHAT, messages=messages, max_tokens=5, stream=True, **chat_fields), [server.endpoint]
+    )
+    await tokenizer.tokenize(
+        request(ApiKind.COMPLETIONS, prompt="abc", add_special_tokens=False, tools=tools), [server.endpoint]
+    )
+
+    assert server.received == [
+        {"model": "org/m", "messages": messages, **chat_fields},
+        {"model": "org/m", "prompt": "abc", "add_special_tokens": False},
+    ]
+
+
 async def test_prompt_token_ids_need_no_call(servers: Any, tokenizer: EngineTokenizer) -> None:
     server = await servers(tokens_of_length)
 

@@ -9,16 +9,28 @@ Per engine (selected by the endpoint's `inference.networking.k8s.io/engine-type`
 - vllm: `vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` (or, from older
   servers, `vllm:gpu_cache_usage_perc`), `vllm:lora_requests_info{max_lora,running_lora_adapters,
   waiting_lora_adapters}`, `vllm:cache_config_info{block_size,num_gpu_blocks}`.
-- sglang: `sglang:num_queue_reqs`, `sglang:num_running_reqs`, `sglang:token_usage`,
-  `sglang:cache_config_info{page_size,num_pages}`.
+- sglang: `sglang:num_queue_reqs`, `sglang:num_running_reqs`, `sglang:token_usage`, and the gauges
+  `sglang:page_size` (block size) and `sglang:num_pages` (number of blocks), as SGLang 0.5.23 exports them
+  (`sglang:cache_config_info{page_size,num_pages}`, which GIE names, is read when those gauges are absent).
 - trtllm (also `trtllm-serve`): `trtllm_num_requests_waiting`, `trtllm_num_requests_running`,
   `trtllm_kv_cache_utilization`, and the gauges `trtllm_kv_cache_tokens_per_block` (block size) and
   `trtllm_kv_cache_max_blocks` (number of blocks).
 
-When a family has several series the first one is used (GIE picks the newest exposition timestamp, and timestamps
-are normally absent), except for `vllm:lora_requests_info`, whose value is the time of the reading: the series
-with the largest value wins, and its `max_lora`, `running_lora_adapters` and `waiting_lora_adapters` (comma
-lists) labels are read. Non-finite or unparseable values count as absent; counts are floored at 0 and
+Data parallelism: an endpoint (one serving port) may front several engines, each exporting its own series: vLLM
+labels them `engine="0"`, `"1"`, ... and SGLang `dp_rank="0"`, ... . The endpoint aggregates its engines (it is
+one routing target; the server spreads requests over its engines itself):
+
+    waiting = sum over engines          running = sum over engines          num_gpu_blocks = sum over engines
+    kv_usage = sum_r usage_r * blocks_r / sum_r blocks_r   (block-weighted mean; plain mean when a count is unknown)
+    block_size = the first engine's
+
+so kv_usage is the fraction of the endpoint's KV blocks in use. Several series of one engine (SGLang's `tp_rank`
+/ `pp_rank` duplicates with `--enable-metrics-for-all-schedulers`) count once, the first; SGLang's per-priority
+breakdowns (`priority` not empty) are skipped, its total being the series with `priority=""`. Other than that,
+when a family has several series the first one is used (GIE picks the newest exposition timestamp, and
+timestamps are normally absent), except for `vllm:lora_requests_info`, whose value is the time of the reading: the
+series with the largest value wins, and its `max_lora`, `running_lora_adapters` and `waiting_lora_adapters`
+(comma lists) labels are read. Non-finite or unparseable values count as absent; counts are floored at 0 and
 `kv_usage` is clamped to [0, 1]. Nothing here raises on bad input: what cannot be read is simply absent.
 """
 
@@ -47,6 +59,8 @@ class EngineSpec:
     cache_info_num_blocks_label: str = ""
     block_size_gauge: str | None = None
     num_blocks_gauge: str | None = None
+    rank_label: str | None = None  # the label telling the engines of one endpoint apart
+    breakdown_label: str | None = None  # series with a non-empty value of it are breakdowns of the total
 
 
 ENGINES: dict[str, EngineSpec] = {
@@ -59,6 +73,7 @@ ENGINES: dict[str, EngineSpec] = {
         cache_info="vllm:cache_config_info",
         cache_info_block_size_label="block_size",
         cache_info_num_blocks_label="num_gpu_blocks",
+        rank_label="engine",
     ),
     "sglang": EngineSpec(
         name="sglang",
@@ -68,6 +83,10 @@ ENGINES: dict[str, EngineSpec] = {
         cache_info="sglang:cache_config_info",
         cache_info_block_size_label="page_size",
         cache_info_num_blocks_label="num_pages",
+        block_size_gauge="sglang:page_size",
+        num_blocks_gauge="sglang:num_pages",
+        rank_label="dp_rank",
+        breakdown_label="priority",
     ),
     "trtllm": EngineSpec(
         name="trtllm",
@@ -123,30 +142,75 @@ class ParsedMetrics:
 
 
 def parse_metrics(text: str, engine: EngineSpec) -> ParsedMetrics:
-    waiting = _first_value(text, engine.waiting)
-    running = _first_value(text, engine.running)
-    kv_usage = None
+    usage: dict[str, float] = {}
     for family in engine.kv_usage:
-        kv_usage = _first_value(text, family)
-        if kv_usage is not None:
+        usage = _values(text, family, engine)
+        if usage:
             break
-    block_size = num_blocks = None
-    if engine.cache_info is not None:
-        info = _samples(text, engine.cache_info, first_only=True)
-        if info:
-            block_size, num_blocks = _cache_info(info[0][0], engine)
-    if engine.block_size_gauge is not None:
-        block_size = _count(_first_value(text, engine.block_size_gauge))
-    if engine.num_blocks_gauge is not None:
-        num_blocks = _count(_first_value(text, engine.num_blocks_gauge))
+    sizes, blocks = _cache_config(text, engine)
     return ParsedMetrics(
-        waiting=_count(waiting),
-        running=_count(running),
-        kv_usage=None if kv_usage is None else min(1.0, max(0.0, kv_usage)),
+        waiting=_count(_total(_values(text, engine.waiting, engine))),
+        running=_count(_total(_values(text, engine.running, engine))),
+        kv_usage=_usage(usage, blocks),
         lora=_lora(text, engine.lora_info) if engine.lora_info is not None else None,
-        block_size=block_size,
-        num_gpu_blocks=num_blocks,
+        block_size=next(iter(sizes.values()), None),
+        num_gpu_blocks=sum(blocks.values()) if blocks else None,
     )
+
+
+def _per_engine(text: str, family: str, engine: EngineSpec) -> dict[str, tuple[str | None, float]]:
+    """engine (rank label value, "" when absent) -> (raw labels, value) of its first series, in exposition order."""
+    if engine.rank_label is None:
+        samples = _samples(text, family, first_only=True)
+        return {"": samples[0]} if samples else {}
+    found: dict[str, tuple[str | None, float]] = {}
+    for raw, value in _samples(text, family):
+        rank, breakdown = _rank(raw, engine.rank_label, engine.breakdown_label)
+        if not breakdown and rank not in found:
+            found[rank] = (raw, value)
+    return found
+
+
+def _values(text: str, family: str, engine: EngineSpec) -> dict[str, float]:
+    return {rank: value for rank, (_, value) in _per_engine(text, family, engine).items()}
+
+
+def _total(values: dict[str, float]) -> float | None:
+    return sum(values.values()) if values else None
+
+
+def _usage(usage: dict[str, float], blocks: dict[str, int]) -> float | None:
+    """Block-weighted mean of the engines' usage (plain mean when a block count is unknown), clamped to [0, 1]."""
+    if not usage:
+        return None
+    weights = [blocks.get(rank, 0) for rank in usage]
+    if all(weights):
+        mean = sum(u * w for u, w in zip(usage.values(), weights, strict=True)) / sum(weights)
+    else:
+        mean = sum(usage.values()) / len(usage)
+    return min(1.0, max(0.0, mean))
+
+
+def _cache_config(text: str, engine: EngineSpec) -> tuple[dict[str, int], dict[str, int]]:
+    """Per engine: (block size, number of blocks), from the gauges, else from the info family's labels."""
+    sizes: dict[str, int] = {}
+    blocks: dict[str, int] = {}
+    if engine.block_size_gauge is not None:
+        sizes = _counts(_values(text, engine.block_size_gauge, engine))
+    if engine.num_blocks_gauge is not None:
+        blocks = _counts(_values(text, engine.num_blocks_gauge, engine))
+    if engine.cache_info is not None and not (sizes and blocks):
+        for rank, (raw, _) in _per_engine(text, engine.cache_info, engine).items():
+            block_size, num_blocks = _cache_info(raw, engine)
+            if block_size is not None:
+                sizes.setdefault(rank, block_size)
+            if num_blocks is not None:
+                blocks.setdefault(rank, num_blocks)
+    return sizes, blocks
+
+
+def _counts(values: dict[str, float]) -> dict[str, int]:
+    return {rank: max(0, int(value)) for rank, value in values.items()}
 
 
 def _samples(text: str, family: str, *, first_only: bool = False) -> list[tuple[str | None, float]]:
@@ -178,11 +242,6 @@ def _samples(text: str, family: str, *, first_only: bool = False) -> list[tuple[
     return samples
 
 
-def _first_value(text: str, family: str) -> float | None:
-    samples = _samples(text, family, first_only=True)
-    return samples[0][1] if samples else None
-
-
 def _lora(text: str, family: str) -> LoraInfo | None:
     best: tuple[float, str | None] | None = None
     for raw, value in _samples(text, family):
@@ -199,6 +258,13 @@ def _cache_info(raw: str | None, engine: EngineSpec) -> tuple[int | None, int | 
     labels = _labels(raw)
     block_size = _int_label(labels, engine.cache_info_block_size_label)
     return block_size, _int_label(labels, engine.cache_info_num_blocks_label)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rank(raw: str | None, rank_label: str, breakdown_label: str | None) -> tuple[str, bool]:
+    """(the series' engine, whether it is a breakdown of the total) from its raw label text."""
+    labels = _labels(raw)
+    return labels.get(rank_label, ""), bool(breakdown_label and labels.get(breakdown_label))
 
 
 @functools.lru_cache(maxsize=1024)

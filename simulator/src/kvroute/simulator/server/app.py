@@ -11,6 +11,7 @@ answered with vLLM's JSON error body; every response carries `x-inference-pod` a
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from kvroute.simulator.engine.engine import Engine
+from kvroute.simulator.engine.kv_events import KVEvent
 from kvroute.simulator.kv_publisher import KVEventPublisher
 from kvroute.simulator.server.config import ServerConfig
 from kvroute.simulator.server.driver import EngineDriver
@@ -55,8 +57,9 @@ Parser = Callable[..., GenerationRequest]
 @dataclass
 class ServerContext:
     config: ServerConfig
-    engine: Engine
-    driver: EngineDriver
+    engine: Engine  # rank 0's
+    driver: EngineDriver  # rank 0's
+    drivers: list[EngineDriver]  # one per data-parallel rank
     metrics: ServerMetrics
     catalog: ModelCatalog
     tokenizer: Tokenizer
@@ -69,19 +72,26 @@ CONTEXT = web.AppKey("kvroute_simulator", ServerContext)
 
 
 def build_app(config: ServerConfig) -> web.Application:
-    engine = Engine(
-        config.profile,
-        engine_id=config.pod,
-        global_cache_hit_threshold=config.global_cache_hit_threshold,
-        record_kv_events=config.kv_events_endpoint is not None,
-    )
-    metrics = ServerMetrics(engine, config.served_model_name)
-    driver = EngineDriver(engine, time_scale=config.time_scale, observer=metrics)
+    engines = [
+        Engine(
+            config.profile,
+            engine_id=config.pod if rank == 0 else f"{config.pod}/dp{rank}",
+            global_cache_hit_threshold=config.global_cache_hit_threshold,
+            record_kv_events=config.kv_events_endpoint is not None,
+        )
+        for rank in range(config.data_parallel_size)
+    ]
+    metrics = ServerMetrics(engines, config.served_model_name)
+    drivers = [
+        EngineDriver(engine, time_scale=config.time_scale, observer=metrics.observer(rank))
+        for rank, engine in enumerate(engines)
+    ]
     tokenizer = Tokenizer()
     context = ServerContext(
         config=config,
-        engine=engine,
-        driver=driver,
+        engine=engines[0],
+        driver=drivers[0],
+        drivers=drivers,
         metrics=metrics,
         catalog=ModelCatalog(config.model_names, config.lora_modules, config.profile.max_model_len),
         tokenizer=tokenizer,
@@ -89,7 +99,7 @@ def build_app(config: ServerConfig) -> web.Application:
         faults=FailureInjector(
             config.failure_injection_rate, config.failure_types, random.Random(f"faults/{config.seed}")
         ),
-        generation=GenerationService(config, driver, tokenizer),
+        generation=GenerationService(config, drivers, tokenizer),
         started=int(time.time()),
     )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_json_errors])
@@ -128,24 +138,33 @@ async def serve(config: ServerConfig) -> None:
 async def _engine_lifecycle(app: web.Application) -> AsyncIterator[None]:
     context = app[CONTEXT]
     config = context.config
-    publisher: KVEventPublisher | None = None
-    if config.kv_events_endpoint is not None:
-        publisher = KVEventPublisher(
-            config.kv_events_endpoint,
-            config.kv_events_topic,
-            bind=not config.kv_events_connect,
-            map_format=config.kv_events_map_format,
-            lora_ids={name: index for index, name in enumerate(context.catalog.loras, start=1)},
-        )
-        sink = publisher
-        context.driver.on_kv_events = lambda events: sink.publish(events, time.time())
-    context.driver.start()
+    publishers: list[KVEventPublisher] = []
     try:
+        if config.kv_events_endpoint is not None:
+            for rank, driver in enumerate(context.drivers):
+                publisher = KVEventPublisher(
+                    config.kv_events_endpoint,
+                    config.kv_events_topic,
+                    bind=not config.kv_events_connect,
+                    map_format=config.kv_events_map_format,
+                    lora_ids={name: index for index, name in enumerate(context.catalog.loras, start=1)},
+                    data_parallel_rank=rank,
+                    groups=config.kv_cache_groups,
+                )
+                publishers.append(publisher)
+                driver.on_kv_events = functools.partial(_publish, publisher)
+        for driver in context.drivers:
+            driver.start()
         yield
     finally:
-        await context.driver.stop()
-        if publisher is not None:
+        for driver in context.drivers:
+            await driver.stop()
+        for publisher in publishers:
             publisher.close()
+
+
+def _publish(publisher: KVEventPublisher, events: list[KVEvent]) -> None:
+    publisher.publish(events, time.time())
 
 
 @web.middleware
@@ -209,7 +228,7 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
-    if request.app[CONTEXT].driver.failure is not None:
+    if any(driver.failure is not None for driver in request.app[CONTEXT].drivers):
         raise APIError(503, "The engine stopped after an internal error.")
     return web.Response()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from kvroute.simulator.engine.kv_events import KVCacheGroup
 from kvroute.simulator.engine.profiles import DEFAULT_PROFILE, PROFILES, Profile
 
 Role = Literal["both", "prefill", "decode"]
@@ -35,6 +36,11 @@ class ServerConfig:
     kv_events_connect: bool = False
     kv_events_map_format: bool = False
     max_body_bytes: int = MAX_BODY_BYTES
+    # Engines behind the one port (vLLM --data-parallel-size): each its own cache, KV-events port (+rank) and
+    # metric series (`engine="<rank>"`).
+    data_parallel_size: int = 1
+    # KV-cache groups of a hybrid model (empty: one group, published without group fields).
+    kv_cache_groups: tuple[KVCacheGroup, ...] = ()
 
     @property
     def model_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -28,12 +29,28 @@ def _engine_failed() -> APIError:
     return APIError(500, "The engine stopped after an internal error.")
 
 
+RANK_HEADER = "X-data-parallel-rank"  # vLLM's: pins a request to one data-parallel engine
+
+
 class GenerationService:
-    def __init__(self, config: ServerConfig, driver: EngineDriver, tokenizer: Tokenizer) -> None:
+    def __init__(self, config: ServerConfig, drivers: Sequence[EngineDriver], tokenizer: Tokenizer) -> None:
         self._config = config
-        self._driver = driver
+        self._drivers = tuple(drivers)
         self._tokenizer = tokenizer
         self._rng = random.Random(config.seed)
+
+    def _driver_for(self, http_request: web.Request) -> EngineDriver:
+        """The rank named by the request's `X-data-parallel-rank`, else the least loaded (4 x waiting + running,
+        as vLLM's own data-parallel balancing weighs them), the lowest rank on a tie."""
+        drivers = self._drivers
+        if len(drivers) == 1:
+            return drivers[0]
+        named = http_request.headers.get(RANK_HEADER)
+        if named is not None:
+            if not named.isdigit() or int(named) >= len(drivers):
+                raise bad_request(f"{RANK_HEADER} must be a rank below {len(drivers)}, not {named!r}", None)
+            return drivers[int(named)]
+        return min(drivers, key=lambda d: 4 * d.engine.num_waiting + d.engine.num_running)
 
     async def serve(self, http_request: web.Request, request: GenerationRequest) -> web.StreamResponse:
         request_id = f"{'chatcmpl' if request.chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -45,8 +62,9 @@ class GenerationService:
             cache_hit_threshold=request.cache_hit_threshold,
             kv_transfer_params=self._accepted_transfer_params(request.kv_transfer_params),
         )
+        driver = self._driver_for(http_request)
         try:
-            stream = self._driver.submit(engine_request)
+            stream = driver.submit(engine_request)
         except ValueError as exc:
             raise bad_request(str(exc), "prompt") from None
         except EngineFailed:
@@ -60,7 +78,7 @@ class GenerationService:
                 return await self._stream(http_request, request, stream, renderer, seed)
             return await self._collect(stream, renderer, seed)
         finally:
-            self._driver.release(stream)
+            driver.release(stream)
 
     def _accepted_transfer_params(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
         """A prefill-role server never pulls KV from a peer, a decode-role server never hands it off."""

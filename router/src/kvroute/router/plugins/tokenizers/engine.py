@@ -1,13 +1,18 @@
 """`engine`: ask a model server of the pool to tokenize (vLLM's `POST /tokenize`).
 
-    POST http://<endpoint>/tokenize   {"model": <request model>, "prompt": <text>}       completions
-                                      {"model": <request model>, "messages": [...]}     chat
+    POST http://<endpoint>/tokenize   {"model": <request model>, "prompt": <text>, ...}       completions
+                                      {"model": <request model>, "messages": [...], ...}     chat
     200 {"tokens": [<int>, ...], ...}
 
-The server applies its own tokenizer and chat template (with the generation prompt), so the ids are exactly the
-ones it will run. The candidates are asked in turn, starting one further each request (spreading the calls), until
-one answers; a candidate that fails (refused connection, an error status, an answer without a list of integers
-under `tokens`) passes to the next. All of it is bounded by `timeout` seconds: then `TokenizeError`.
+The server applies its own tokenizer and chat template, so the ids are exactly the ones it will run. The fields
+of the request that change the prompt's tokens are forwarded as they are (vLLM's `/tokenize` takes them all):
+`add_special_tokens` for completions; for chat also `tools`, `chat_template`, `chat_template_kwargs`,
+`add_generation_prompt`, `continue_final_message` and `mm_processor_kwargs` (a request with tools renders them
+into the prompt: without them the ids would differ from the engine's).
+
+The candidates are asked in turn, starting one further each request (spreading the calls), until one answers;
+a candidate that fails (refused connection, an error status, an answer without a list of integers under
+`tokens`) passes to the next. All of it is bounded by `timeout` seconds: then `TokenizeError`.
 
 HTTP goes through one `aiohttp.ClientSession` with kept-alive connections, created at the first call unless one
 is given (tests inject theirs), and closed by `close`; a call that starts afterwards fails at once.
@@ -33,6 +38,16 @@ from kvroute.router.plugins.tokenizers.base import (
 )
 
 TOKENIZE_PATH = "/tokenize"
+COMPLETION_FIELDS = ("add_special_tokens",)
+CHAT_FIELDS = (
+    "tools",
+    "chat_template",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "add_special_tokens",
+    "mm_processor_kwargs",
+)
 KEEPALIVE_TIMEOUT = 4.0  # below uvicorn's 5 s idle timeout, which vLLM serves with
 
 
@@ -55,10 +70,17 @@ class EngineTokenizer(PromptTokenizer):
         if self._closed:
             raise TokenizeError("the tokenizer is closed")
         body: dict[str, Any] = {"model": request.model}
+        forwarded: tuple[str, ...]
         if request.api is ApiKind.CHAT:
             body["messages"] = chat_messages(request)
+            forwarded = CHAT_FIELDS
         else:
             body["prompt"] = completion_text(request)
+            forwarded = COMPLETION_FIELDS
+        for field in forwarded:
+            value = request.body.get(field)
+            if value is not None:
+                body[field] = value
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         first = next(self._turn) % len(endpoints)
