@@ -158,3 +158,36 @@ def k8s_tools_dir() -> Path | None:
     if path is None or not (path / "helm").is_file() or not (path / "kubectl").is_file():
         return None
     return path
+
+
+def scheduling_profile(
+    name: str, namespace: str, pool: str, *, prefix_weight: int = 3, router: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A SchedulingProfile for `pool`: prefix affinity (weight `prefix_weight`), queue, a picker; `router`: its
+    `spec.router`, when given."""
+    spec: dict[str, Any] = {
+        "poolRef": {"name": pool},
+        "plugins": [
+            {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 16}},
+            {"type": "queue-scorer"},
+            {"type": "max-score-picker"},
+        ],
+        "schedulingProfiles": [
+            {
+                "name": "default",
+                "plugins": [
+                    {"pluginRef": "prefix-cache-scorer", "weight": prefix_weight},
+                    {"pluginRef": "queue-scorer", "weight": 1},
+                    {"pluginRef": "max-score-picker"},
+                ],
+            }
+        ],
+    }
+    if router is not None:
+        spec["router"] = router
+    return {
+        "apiVersion": "kvroute.io/v1alpha1",
+        "kind": "SchedulingProfile",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }

@@ -43,7 +43,7 @@ from kvroute.router.plugins.registry import REGISTRY
 from tests.support import Processes, ServerProcess, eventually_sync, kvroute_command
 
 from .controlplane.cluster import ControlPlane
-from .helpers import REPO, in_ci, k8s_tools_dir, ok, write_kubeconfig
+from .helpers import REPO, in_ci, k8s_tools_dir, ok, scheduling_profile, write_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -291,30 +291,7 @@ def _user_manifests() -> list[dict[str, Any]]:
             "endpointPickerRef": {"name": f"{POOL}-epp", "port": {"number": 9002}},
         },
     }
-    profile = {
-        "apiVersion": "kvroute.io/v1alpha1",
-        "kind": "SchedulingProfile",
-        "metadata": {"name": PROFILE, "namespace": APPS_NS},
-        "spec": {
-            "poolRef": {"name": POOL},
-            "plugins": [
-                {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 16}},
-                {"type": "queue-scorer"},
-                {"type": "max-score-picker"},
-            ],
-            "schedulingProfiles": [
-                {
-                    "name": "default",
-                    "plugins": [
-                        {"pluginRef": "prefix-cache-scorer", "weight": 3},
-                        {"pluginRef": "queue-scorer", "weight": 1},
-                        {"pluginRef": "max-score-picker"},
-                    ],
-                }
-            ],
-            "router": {"replicas": 2, "resources": ROUTER_RESOURCES},
-        },
-    }
+    profile = scheduling_profile(PROFILE, APPS_NS, POOL, router={"replicas": 2, "resources": ROUTER_RESOURCES})
     return [pool, profile]
 
 

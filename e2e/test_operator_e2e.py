@@ -40,6 +40,7 @@ from .helpers import (
     loopback_hosts_sharing_a_free_port,
     ok,
     port_free_on_all,
+    scheduling_profile,
     write_exec_kubeconfig,
     write_kubeconfig,
 )
@@ -222,30 +223,13 @@ def _pool() -> dict[str, Any]:
 
 
 def _profile(prefix_weight: int = 3, **router: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "kvroute.io/v1alpha1",
-        "kind": "SchedulingProfile",
-        "metadata": {"name": PROFILE, "namespace": NS},
-        "spec": {
-            "poolRef": {"name": POOL},
-            "plugins": [
-                {"type": "prefix-cache-scorer", "parameters": {"blockSizeTokens": 16}},
-                {"type": "queue-scorer"},
-                {"type": "max-score-picker"},
-            ],
-            "schedulingProfiles": [
-                {
-                    "name": "default",
-                    "plugins": [
-                        {"pluginRef": "prefix-cache-scorer", "weight": prefix_weight},
-                        {"pluginRef": "queue-scorer", "weight": 1},
-                        {"pluginRef": "max-score-picker"},
-                    ],
-                }
-            ],
-            "router": {"replicas": 1, "mode": "ext-proc", "logLevel": "info", **router},
-        },
-    }
+    return scheduling_profile(
+        PROFILE,
+        NS,
+        POOL,
+        prefix_weight=prefix_weight,
+        router={"replicas": 1, "mode": "ext-proc", "logLevel": "info", **router},
+    )
 
 
 def _apply(s: Scenario, *documents: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
