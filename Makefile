@@ -45,5 +45,16 @@ dynamo:
 e2e-kind: $(STAMP) k8s-tools
 	bash e2e/kind/run.sh
 
+# The router, operator and simulator images on the private Docker engine of scripts/docker/ (started if it is not
+# running; state under ~/.cache/kvroute/docker), tagged kvroute/<name>:dev; `make test` builds them itself.
+# DOCKER_HOST=unix://$$HOME/.cache/kvroute/docker/run/docker.sock reaches that engine; `make docker-stop` stops it.
+.PHONY: images docker-stop
+images:
+	bash scripts/docker/dockerd-start.sh >/dev/null
+	for image in router operator simulator; do bash scripts/docker/build-image.sh $$image dev; done
+
+docker-stop:
+	bash scripts/docker/dockerd-stop.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,7 @@
-"""Dockerfile.router and Dockerfile.operator, checked without a Docker engine: hadolint, then what we promise about
-the images (pinned base, non-root numeric user, multi-stage, entry points that exist in the `kvroute` command,
-the router's ports), and that the image, which installs kvroute without extras, has every module the router and
-operator import.
+"""Dockerfile.router, Dockerfile.operator and Dockerfile.simulator, checked without a Docker engine: hadolint, then
+what we promise about the images (pinned base, overridable as BASE_IMAGE; non-root numeric user, multi-stage,
+entry points that exist in the `kvroute` command, the router's ports, only the parts each image runs), and that the
+image, which installs kvroute without extras, has every module its part imports. tests/images builds and runs them.
 """
 
 from __future__ import annotations
@@ -25,8 +25,15 @@ from packaging.requirements import Requirement
 from kvroute.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
-DOCKERFILES = {"router": REPO / "Dockerfile.router", "operator": REPO / "Dockerfile.operator"}
-ENTRYPOINTS = {"router": ["kvroute", "router"], "operator": ["kvroute", "operator", "run"]}
+DOCKERFILES = {name: REPO / f"Dockerfile.{name}" for name in ("router", "operator", "simulator")}
+ENTRYPOINTS = {
+    "router": ["kvroute", "router"],
+    "operator": ["kvroute", "operator", "run"],
+    "simulator": ["kvroute", "sim", "serve"],
+}
+# The source trees each image builds its wheel from: the part it runs, and the router's, which holds the `kvroute`
+# command and the configuration schema the operator validates with.
+PARTS = {"router": {"router"}, "operator": {"router", "operator"}, "simulator": {"router", "simulator"}}
 PINNED_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-[a-z]+$")
 UID = 65532
 
@@ -64,9 +71,30 @@ def stages(path: Path) -> list[list[Instruction]]:
     for instruction in instructions(path):
         if instruction.keyword == "FROM":
             result.append([])
+        if not result and instruction.keyword == "ARG":
+            continue  # a global ARG, for the FROM lines
         assert result, f"{path.name}: {instruction.keyword} before the first FROM"
         result[-1].append(instruction)
     return result
+
+
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults."""
+    args: dict[str, str] = {}
+    for instruction in instructions(path):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.arguments.partition("=")
+            args[name] = default
+    return args
+
+
+def base_images(path: Path) -> list[str]:
+    """Each stage's base image as written (`${BASE_IMAGE}`) and as it is by default."""
+    defaults = global_args(path)
+    written = [stage[0].arguments.split()[0] for stage in stages(path)]
+    return [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], base) for base in written]
 
 
 def exec_form(stage: list[Instruction], keyword: str) -> list[str]:
@@ -97,12 +125,34 @@ def test_hadolint_finds_nothing(image: str) -> None:
 
 @pytest.mark.parametrize("image", DOCKERFILES)
 def test_base_images_are_pinned_slim_python_3_11(image: str) -> None:
-    bases = [stage[0].arguments.split()[0] for stage in stages(DOCKERFILES[image])]
+    bases = base_images(DOCKERFILES[image])
 
     assert len(bases) >= 2, "a build stage and a final stage"
     for base in bases:
         assert PINNED_PYTHON.match(base), f"{base}: pin python:3.11.<patch>-slim-<release>"
     assert len(set(bases)) == 1, "the wheel is built against the Python it runs on"
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_every_stage_starts_from_the_base_image_argument(image: str) -> None:
+    written = {stage[0].arguments.split()[0] for stage in stages(DOCKERFILES[image])}
+
+    # The tests (tests/images) build on a local base: no registry is reachable there.
+    assert written == {"${BASE_IMAGE}"}
+    assert "BASE_IMAGE" in global_args(DOCKERFILES[image])
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_each_image_builds_only_the_parts_it_runs(image: str) -> None:
+    copied = {
+        source.split("/")[0]
+        for instruction in instructions(DOCKERFILES[image])
+        if instruction.keyword == "COPY" and "--from" not in instruction.arguments
+        for source in instruction.arguments.split()[:-1]
+        if source.endswith("/src")
+    }
+
+    assert copied == PARTS[image]
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
@@ -214,7 +264,7 @@ def runtime_distributions() -> set[str]:
     return seen
 
 
-@pytest.mark.parametrize("part", ["router", "operator"])
+@pytest.mark.parametrize("part", ["router", "operator", "simulator"])
 def test_image_has_every_module_the_part_imports(part: str) -> None:
     providers = importlib.metadata.packages_distributions()
     installed = runtime_distributions()

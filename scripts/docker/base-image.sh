@@ -46,6 +46,10 @@ tarball="$base/$SUITE-$key.tar"
 mkdir -p "$base"
 exec 9>"$base/.lock"
 flock 9
+if "$DOCKER_CLI" image inspect "$tag" >/dev/null 2>&1; then # made while this waited for the lock
+    echo "$tag"
+    exit 0
+fi
 if [[ ! -f $tarball ]]; then
     rootfs="$base/rootfs-$key"
     rm -rf "$rootfs"

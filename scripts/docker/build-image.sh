@@ -6,7 +6,7 @@
 #
 # Dockerfile.<name>, unchanged but for BASE_IMAGE (base-image.sh). The tag is kvroute/<name>:<content key>, the
 # key a hash of the Dockerfile, the base image and every file its COPY instructions send: when an image with that
-# tag exists nothing is built. EXTRA-TAG (e.g. `e2e`) also names the image kvroute/<name>:<EXTRA-TAG>.
+# tag exists nothing is built; a build removes the images of earlier keys. EXTRA-TAG (e.g. `e2e`) also names the image kvroute/<name>:<EXTRA-TAG>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -37,6 +37,9 @@ if ! "$DOCKER_CLI" image inspect "$tag" >/dev/null 2>&1; then
     started=$(date +%s)
     "$DOCKER_CLI" build --quiet --file "$dockerfile" --build-arg "BASE_IMAGE=$base" --tag "$tag" "$repo" >&2
     log "built $tag in $(($(date +%s) - started)) s"
+    # The builds of earlier contents are of no further use (names with other tags are left alone).
+    "$DOCKER_CLI" image ls "kvroute/$name" --format '{{.Tag}}' | grep -E '^[0-9a-f]{16}$' | grep -vx "$key" |
+        sed "s|^|kvroute/$name:|" | xargs -r "$DOCKER_CLI" image rm >/dev/null || true
 fi
 if [[ -n ${2:-} ]]; then
     "$DOCKER_CLI" tag "$tag" "kvroute/$name:$2"

@@ -36,7 +36,8 @@ jq -n --arg runtime "$here/runc-nosysres" '{
     "storage-driver": "overlay2",
     "log-driver": "json-file",
     "log-opts": {"max-size": "10m", "max-file": "2"},
-    "features": {"buildkit": true}
+    "features": {"buildkit": true},
+    "builder": {"gc": {"enabled": true, "defaultKeepStorage": "10GB"}}
 }' >"$run/daemon.json"
 
 log "starting dockerd (data root $KVROUTE_DOCKER_DIR/data, log $DOCKERD_LOG)"
@@ -48,7 +49,7 @@ setsid nice -n "${KVROUTE_DOCKERD_NICE:-19}" dockerd \
     --exec-root "$KVROUTE_DOCKER_DIR/exec" \
     --pidfile "$DOCKERD_PIDFILE" \
     --host "$DOCKER_HOST" \
-    </dev/null >>"$DOCKERD_LOG" 2>&1 &
+    </dev/null >>"$DOCKERD_LOG" 2>&1 9>&- &
 started=$!
 
 for _ in $(seq 1 300); do
