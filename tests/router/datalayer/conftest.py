@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
 
 
-def _scrape_tasks() -> set[asyncio.Task[object]]:
-    """The scraper's polling tasks alive in the running loop."""
-    return {t for t in asyncio.all_tasks() if t.get_name().startswith("kvroute-scrape-")}
+def _scraper_threads() -> list[threading.Thread]:
+    """The metrics scrapers' threads alive in this process."""
+    return [t for t in threading.enumerate() if t.name == "kvroute-scraper"]
 
 
 @pytest.fixture
-def scrape_tasks() -> Callable[[], set[asyncio.Task[object]]]:
-    return _scrape_tasks
+def scraper_threads() -> Callable[[], list[threading.Thread]]:
+    return _scraper_threads

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 
-from kvroute.router.datalayer.pool import EndpointPool
+from kvroute.router.datalayer.cadence import Cadence
+from kvroute.router.datalayer.metrics_parser import ENGINES
+from kvroute.router.datalayer.poller import Poller, PollSettings
+from kvroute.router.datalayer.pool import EndpointPool, PoolChange
 from kvroute.router.datalayer.scraper import ENGINE_TYPE_LABEL, MetricsScraper
 from kvroute.router.framework import Endpoint
 from tests.support import eventually, time_until
@@ -96,7 +101,7 @@ async def test_metrics_arrive_fresh_with_a_monotonic_timestamp(servers: list[Fak
 async def test_polls_at_the_configured_interval(servers: list[FakeModelServer]) -> None:
     pool = EndpointPool([servers[0].endpoint()])
 
-    async with MetricsScraper(pool, interval=0.05):
+    async with MetricsScraper(pool, interval=0.05, slow_factor=1):  # no backing off while nothing changes
         await asyncio.sleep(0.5)
 
     assert 6 <= servers[0].requests <= 12
@@ -138,23 +143,6 @@ async def test_a_failed_scrape_marks_stale_and_keeps_the_last_values(
             assert endpoint.metrics.waiting == 4
 
 
-async def test_metrics_older_than_the_staleness_window_are_marked_stale(servers: list[FakeModelServer]) -> None:
-    server = servers[0]
-    endpoint = server.endpoint()
-    pool = EndpointPool([endpoint])
-
-    async with MetricsScraper(pool, interval=0.5, timeout=0.2, staleness=1.0):
-        await eventually(lambda: not endpoint.metrics.stale)
-        server.delay = 0.1  # keeps the next scrape in flight long enough to look at the metrics meanwhile
-        time.sleep(1.2)  # noqa: ASYNC251 - stalls the event loop on purpose, as an overloaded router would
-
-        took = await time_until(lambda: endpoint.metrics.stale, timeout=0.05)
-        await eventually(lambda: not endpoint.metrics.stale)
-
-    assert took < 0.05
-    assert endpoint.metrics.waiting == 3
-
-
 async def test_engine_type_label_selects_the_families(servers: list[FakeModelServer]) -> None:
     servers[0].body = SGLANG_BODY
     sglang = servers[0].endpoint(**{ENGINE_TYPE_LABEL: "sglang"})
@@ -184,54 +172,55 @@ async def test_default_engine_applies_to_unlabelled_and_unknown_engines(
     assert caplog.text.count("unknown engine type 'mystery-engine'") == 1
 
 
-async def test_tasks_follow_the_pool_and_stop_leaves_none(
+async def test_polling_follows_the_pool_and_stop_leaves_nothing(
     servers: list[FakeModelServer],
-    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+    scraper_threads: Callable[[], list[threading.Thread]],
 ) -> None:
     first, second, third = (server.endpoint() for server in servers)
     pool = EndpointPool([first])
-    scraper = MetricsScraper(pool, interval=0.02)
+    scraper = MetricsScraper(pool, interval=0.02, slow_factor=1)
     await scraper.start()
 
-    assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{first.id}"}
+    await eventually(lambda: scraper.polled() == {first.id})
     pool.set_endpoints([first, second, third])
     await eventually(lambda: not third.metrics.stale)
-    assert len(scrape_tasks()) == 3
+    assert scraper.polled() == {first.id, second.id, third.id}
 
     pool.set_endpoints([third])
     await asyncio.sleep(0.05)
     requests_after_removal = servers[0].requests
     await asyncio.sleep(0.1)
     assert servers[0].requests == requests_after_removal
-    assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{third.id}"}
+    assert scraper.polled() == {third.id}
 
     await scraper.stop()
     await scraper.stop()
 
-    assert scrape_tasks() == set()
+    assert scraper.polled() == frozenset()
+    assert scraper_threads() == []
     await eventually(lambda: all(server.open_connections == 0 for server in servers))  # connections closed
     pool.set_endpoints([first])  # no longer followed
-    assert scrape_tasks() == set()
+    assert scraper.polled() == frozenset()
 
 
-async def test_task_count_stays_bounded_under_pool_churn(scrape_tasks: Callable[[], set[asyncio.Task[object]]]) -> None:
-    # Nothing listens on these ports: every scrape fails fast, which is fine for counting tasks.
+async def test_polled_endpoints_stay_bounded_under_pool_churn(
+    scraper_threads: Callable[[], list[threading.Thread]],
+) -> None:
+    # Nothing listens on these ports: every scrape fails fast, which is fine for counting what is polled.
     pool = EndpointPool()
 
-    async with MetricsScraper(pool, interval=0.01):
+    async with MetricsScraper(pool, interval=0.01) as scraper:
         for round_ in range(300):
             pool.set_endpoints([Endpoint.create("127.0.0.64", 1000 + (round_ + i) % 50) for i in range(5)])
             await asyncio.sleep(0)
-        await eventually(lambda: len(scrape_tasks()) == 5)
-
-        assert {t.get_name() for t in scrape_tasks()} == {f"kvroute-scrape-{e.id}" for e in pool.snapshot()}
-    assert scrape_tasks() == set()
+        await eventually(lambda: scraper.polled() == {e.id for e in pool.snapshot()})
+    assert scraper_threads() == []
 
 
 async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(servers: list[FakeModelServer]) -> None:
     pool = EndpointPool([servers[0].endpoint(), servers[1].endpoint()])
 
-    async with MetricsScraper(pool, interval=0.01):
+    async with MetricsScraper(pool, interval=0.01, slow_factor=1):
         await asyncio.sleep(0.3)
         assert servers[0].open_connections == servers[1].open_connections == 1
 
@@ -242,7 +231,7 @@ async def test_each_endpoint_is_scraped_over_one_kept_alive_connection(servers: 
 
 async def test_relabelled_endpoint_receives_the_metrics(
     servers: list[FakeModelServer],
-    scrape_tasks: Callable[[], set[asyncio.Task[object]]],
+    scraper_threads: Callable[[], list[threading.Thread]],
 ) -> None:
     old = servers[0].endpoint()
     pool = EndpointPool([old])
@@ -256,7 +245,7 @@ async def test_relabelled_endpoint_receives_the_metrics(
         await eventually(lambda: new.metrics.waiting == 8)
 
     assert new is not old
-    assert len(scrape_tasks()) == 0
+    assert scraper_threads() == []
 
 
 @pytest.mark.parametrize(
@@ -271,3 +260,95 @@ async def test_relabelled_endpoint_receives_the_metrics(
 def test_bad_settings_are_rejected(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MetricsScraper(EndpointPool(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_an_idle_endpoint_is_polled_slowly_and_a_changing_one_at_the_interval(
+    servers: list[FakeModelServer],
+) -> None:
+    changing, idle = servers[0], servers[1]
+    pool = EndpointPool([changing.endpoint(), idle.endpoint()])
+
+    async def keep_changing() -> None:
+        for waiting in itertools.count():
+            changing.body = VLLM_BODY.replace("3.0", f"{waiting}.0")
+            await asyncio.sleep(0.005)
+
+    changer = asyncio.create_task(keep_changing())
+    try:
+        async with MetricsScraper(pool, interval=0.02, slow_factor=8) as scraper:  # slowest 160 ms
+            await asyncio.sleep(0.5)  # the idle one backs off: 20, 40, 80, 160 ms
+            changing_before, idle_before = changing.requests, idle.requests
+            await asyncio.sleep(1.0)
+            changing_rate, idle_rate = changing.requests - changing_before, idle.requests - idle_before
+    finally:
+        changer.cancel()
+
+    assert scraper.slowest == pytest.approx(0.16)
+    assert 30 <= changing_rate <= 55  # every 20 ms (a loaded machine fires timers late)
+    assert 5 <= idle_rate <= 8  # every 160 ms
+
+
+async def test_a_routed_request_scrapes_a_slowly_polled_endpoint_at_once(servers: list[FakeModelServer]) -> None:
+    endpoint = servers[0].endpoint()
+    pool = EndpointPool([endpoint])
+
+    async with MetricsScraper(pool, interval=0.05, timeout=0.5, slow_factor=8) as scraper:  # slowest 400 ms
+        await asyncio.sleep(1.0)  # backed off to 400 ms
+        await eventually(lambda: time.monotonic() - endpoint.metrics.scraped_at < 0.05)  # just scraped
+        routed_at = time.monotonic()
+        scraper.scrape_soon(endpoint.id)
+        took = await time_until(lambda: endpoint.metrics.scraped_at > routed_at, timeout=1.0)
+        requests = servers[0].requests
+        await asyncio.sleep(0.3)  # and it stays on the 50 ms cadence while requests go there
+        fast = servers[0].requests - requests
+
+    assert took < 0.1  # not the 400 ms of the slow cadence
+    assert fast >= 4
+
+
+async def test_metrics_older_than_the_staleness_window_are_marked_stale_before_the_next_attempt(
+    servers: list[FakeModelServer],
+) -> None:
+    server = servers[0]
+    endpoint = server.endpoint()
+    pool = EndpointPool([endpoint])
+    now = [100.0]
+    settings = PollSettings(
+        timeout=0.2,
+        staleness=1.0,
+        max_body_bytes=1 << 20,
+        cadence=lambda: Cadence(0.05, 0.05, 1.0),
+        engine_for=lambda _: ENGINES["vllm"],
+    )
+    poller = Poller(pool, settings, clock=lambda: now[0])
+    poller.apply(PoolChange(added=(endpoint,)))
+    try:
+        await eventually(lambda: not endpoint.metrics.stale)
+        server.delay = 0.1  # keeps the next scrape in flight long enough to look at the metrics meanwhile
+        now[0] += 1.2  # as if the scraper's loop had stalled: the next attempt (within 50 ms) is overdue
+
+        took = await time_until(lambda: endpoint.metrics.stale, timeout=0.5)
+        await eventually(lambda: not endpoint.metrics.stale)
+    finally:
+        await poller.close()
+
+    assert took < 0.2  # at the attempt, before its answer (100 ms later)
+    assert endpoint.metrics.scraped_at == 101.2
+    assert endpoint.metrics.waiting == 3
+
+
+async def test_scraping_runs_off_the_serving_loop(servers: list[FakeModelServer]) -> None:
+    endpoint = servers[0].endpoint()
+    pool = EndpointPool([endpoint])
+    threads: list[int] = []
+    original = Endpoint.__dict__["metrics"]
+
+    async with MetricsScraper(pool, interval=0.02) as scraper:
+        assert scraper.loop is not None and scraper.thread is not None
+        assert scraper.loop is not asyncio.get_running_loop()
+        scraper.loop.call_soon_threadsafe(lambda: threads.append(threading.get_ident()))
+        await eventually(lambda: not endpoint.metrics.stale and threads)
+        scraper_thread = scraper.thread.ident
+
+    assert original is Endpoint.__dict__["metrics"]
+    assert threads == [scraper_thread] != [threading.get_ident()]

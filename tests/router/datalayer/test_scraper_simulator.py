@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -33,7 +34,7 @@ def endpoints_of(sims: list[Any]) -> list[Endpoint]:
 
 
 async def test_metrics_arrive_within_200_ms(
-    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scraper_threads: Callable[[], list[threading.Thread]]
 ) -> None:
     pool = EndpointPool(endpoints_of(sims))
 
@@ -47,11 +48,11 @@ async def test_metrics_arrive_within_200_ms(
         assert m.block_size is not None and m.block_size > 0
         assert m.num_gpu_blocks is not None and m.num_gpu_blocks > 0
         assert time.monotonic() - m.scraped_at < 1.0
-    assert scrape_tasks() == set()
+    assert scraper_threads() == []
 
 
 async def test_a_request_in_flight_shows_as_running_on_its_endpoint_only(
-    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scraper_threads: Callable[[], list[threading.Thread]]
 ) -> None:
     busy, idle = endpoints_of(sims)
     pool = EndpointPool([busy, idle])
@@ -69,11 +70,11 @@ async def test_a_request_in_flight_shows_as_running_on_its_endpoint_only(
             response.close()  # client goes away: the simulator aborts the request
 
         await eventually(lambda: busy.metrics.running == 0, timeout=5.0)
-    assert scrape_tasks() == set()
+    assert scraper_threads() == []
 
 
 async def test_a_killed_simulator_turns_stale_within_the_staleness_window(
-    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+    sims: list[Any], scraper_threads: Callable[[], list[threading.Thread]]
 ) -> None:
     doomed, survivor = endpoints_of(sims)
     pool = EndpointPool([doomed, survivor])
@@ -90,18 +91,18 @@ async def test_a_killed_simulator_turns_stale_within_the_staleness_window(
     assert took < staleness
     assert survivor_fresh
     assert doomed.metrics.block_size is not None  # the last values are kept, only marked stale
-    assert scrape_tasks() == set()
+    assert scraper_threads() == []
 
 
-async def test_stop_cancels_every_task_even_mid_scrape(
-    sims: list[Any], scrape_tasks: Callable[[], set[asyncio.Task[object]]]
+async def test_stop_ends_polling_even_mid_scrape(
+    sims: list[Any], scraper_threads: Callable[[], list[threading.Thread]]
 ) -> None:
     pool = EndpointPool(endpoints_of(sims))
     scraper = MetricsScraper(pool, interval=0.001)
     await scraper.start()
     await asyncio.sleep(0.2)
-    assert len(scrape_tasks()) == 2
+    assert scraper.polled() == {e.id for e in pool.snapshot()}
 
     await scraper.stop()
 
-    assert scrape_tasks() == set()
+    assert scraper_threads() == []

@@ -23,6 +23,7 @@ def test_render_exposes_every_metric_by_name() -> None:
         "kvroute_requests",
         "kvroute_requests_in_flight",
         "kvroute_prefix_hit_ratio",
+        "kvroute_endpoint_metrics_age_seconds",
         "kvroute_request_duration_seconds",
         "kvroute_config_reloads",
         "kvroute_request_preparation_failures",

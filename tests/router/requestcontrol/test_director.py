@@ -511,3 +511,32 @@ def test_with_fleet_sync_peers_count_the_requests_this_director_schedules(regist
     b.director.ledger.fleet.receive(a.director.ledger.fleet.take_batch(1.1) or b"", 1.1)
     assert scorer.in_flight(handle.endpoint.id) == 0
     assert b.director.ledger.fleet.open_peer_requests == 0
+
+
+def test_a_scheduled_request_records_its_targets_metrics_age_and_hints_the_scraper(registry: Registry) -> None:
+    routed: list[str] = []
+    setup = Setup(registry)
+    setup.director = Director(setup.holder, setup.pool, setup.metrics, max_body_bytes=4096, routed=routed.append)
+    for endpoint in setup.pool.snapshot():
+        endpoint.metrics = replace(endpoint.metrics, scraped_at=time.monotonic() - 0.03)  # 30 ms old
+
+    handle = setup.start()
+    handle.complete()
+
+    assert handle.endpoint is not None
+    assert routed == [handle.endpoint.id]  # the target only, not its fallback
+    assert setup.sample("kvroute_endpoint_metrics_age_seconds_count") == 1
+    assert setup.sample("kvroute_endpoint_metrics_age_seconds_bucket", le="0.025") == 0
+    assert setup.sample("kvroute_endpoint_metrics_age_seconds_bucket", le="0.05") == 1
+
+
+def test_a_refused_request_hints_nothing(registry: Registry) -> None:
+    routed: list[str] = []
+    setup = Setup(registry)
+    setup.director = Director(setup.holder, setup.pool, setup.metrics, max_body_bytes=4096, routed=routed.append)
+
+    with pytest.raises(RequestError):
+        setup.start(body=b"not json")
+
+    assert routed == []
+    assert setup.sample("kvroute_endpoint_metrics_age_seconds_count") == 0

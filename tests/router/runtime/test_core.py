@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
+import threading
+import time
 from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import msgpack
 import pytest
 import zmq
 
 from kvroute.router.config.builder import Registry
-from kvroute.router.framework import Endpoint
+from kvroute.router.framework import ApiKind, Endpoint
 from kvroute.router.plugins.scorers.precise_prefix_cache import PrecisePrefixCacheScorer
+from kvroute.router.requestcontrol.handle import RequestHandle
 from kvroute.router.runtime import RouterCore
-from tests.support import eventually, free_port
+from kvroute.router.runtime.core import CoreSettings
+from tests.support import eventually, free_port, time_until
 
 HOST = "127.0.12.251"
 ENDPOINT = Endpoint.create("10.0.0.1", 8000)
@@ -136,3 +143,53 @@ async def test_an_address_that_cannot_be_bound_fails_start(registry: Registry) -
         assert core.kv_events.subscribers == ()
     finally:
         taken.close(linger=0)
+
+
+SLOW_IDLE_CONFIG = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+saturationDetector:
+  metricsStalenessThreshold: 1s
+"""
+
+
+@pytest.mark.integration
+async def test_a_routed_request_is_followed_by_a_scrape_of_its_target_off_the_serving_loop(
+    sim_fleet: Any, require_component: Callable[[str], ModuleType], registry: Registry
+) -> None:
+    require_component("kvroute.simulator.server.app")
+    sims = [sim_fleet.start(), sim_fleet.start()]
+    core = RouterCore(
+        [Endpoint.create(sim.host, sim.port) for sim in sims],
+        registry,
+        CoreSettings(scrape_interval=0.05),
+        config_text=SLOW_IDLE_CONFIG,
+    )
+    assert core.scraper.slowest == pytest.approx(0.4)  # idle endpoints: every 400 ms
+    await core.start()
+    try:
+        scraper = core.scraper
+        assert scraper.thread is not None and scraper.thread.ident != threading.get_ident()
+        assert scraper.loop is not asyncio.get_running_loop()
+        await eventually(lambda: not any(e.metrics.stale for e in core.pool.snapshot()), timeout=5.0)
+        await asyncio.sleep(1.0)  # idle simulators: backed off to 400 ms
+        # Just past the fast cadence (100 ms since the last scrape): the slow one would wait 300 ms more.
+        await eventually(
+            lambda: all(time.monotonic() - e.metrics.scraped_at > 0.1 for e in core.pool.snapshot()),
+            interval=0.002,
+        )
+        routed_at = time.monotonic()
+        body = json.dumps({"model": "m", "prompt": "hello"}).encode()
+        started = core.director.start(ApiKind.COMPLETIONS, body, ())
+        handle = started if isinstance(started, RequestHandle) else await started
+        target = handle.endpoint
+        assert target is not None
+
+        took = await time_until(lambda: target.metrics.scraped_at > routed_at, timeout=1.0)
+        handle.complete()
+    finally:
+        await core.stop()
+
+    assert took < 0.15
+    assert core.metrics.registry.get_sample_value("kvroute_endpoint_metrics_age_seconds_count") == 1
+    assert core.metrics.registry.get_sample_value("kvroute_endpoint_metrics_age_seconds_bucket", {"le": "0.1"}) == 0

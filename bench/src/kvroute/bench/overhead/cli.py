@@ -6,7 +6,10 @@ Three parts (`--parts`, all by default):
   configuration and the recommended one (`overhead.scheduling`);
 - `proxy`: requests/s, latency and router CPU µs per request through `kvroute router --mode proxy` (and the peers
   named in `--routers`) in front of instant backends, at concurrency 1 and 32 (`overhead.proxy`);
-- `memory`: bytes per prefix-index entry (`overhead.memory`).
+- `memory`: bytes per prefix-index entry (`overhead.memory`);
+- `scrape`: metrics collection at 16, 256 and 1,024 endpoints served by one process on loopback addresses: CPU µs
+  per scrape, scrapes/s per endpoint, the age of the metrics of endpoints requests go to, the serving loop's lag
+  (`overhead.scrape`). Not in the default parts: it needs a file limit above 2,100 descriptors for 1,024.
 
 Prints one markdown table per part; `--json FILE` also writes the numbers.
 """
@@ -32,9 +35,13 @@ from kvroute.bench.live.routers import ROUTERS
 from kvroute.bench.overhead.memory import SCENARIOS, MemoryRow, run_memory
 from kvroute.bench.overhead.proxy import ProxyRun, ProxySettings, run_proxy
 from kvroute.bench.overhead.scheduling import ENDPOINT_COUNTS, PROMPT_CHARS, Cell, default_profiles, run_grid
+from kvroute.bench.overhead.scrape import ENDPOINT_COUNTS as SCRAPE_COUNTS
+from kvroute.bench.overhead.scrape import ScrapeRow
+from kvroute.bench.overhead.scrape import run as run_scrape
 from kvroute.router.config.recommended import recommended_config_text
 
 PARTS = ("scheduling", "proxy", "memory")
+ALL_PARTS = (*PARTS, "scrape")
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -52,7 +59,7 @@ def register(sub: Any) -> None:
         "overhead", help="scheduling latency, proxy CPU per request, index memory", description=__doc__
     )
     add = parser.add_argument
-    add("--parts", type=names(PARTS), default=PARTS, help=f"what to measure (default {','.join(PARTS)})")
+    add("--parts", type=names(ALL_PARTS), default=PARTS, help=f"what to measure (default {','.join(PARTS)})")
     add("--endpoints", type=_counts, default=ENDPOINT_COUNTS, help="scheduling: endpoint counts (default 16,...,1024)")
     add("--chars", type=_counts, default=PROMPT_CHARS, help="scheduling: prompt characters (default 1000,...,128000)")
     add("--budget", type=positive(float), default=1.0, help="scheduling: seconds of timed calls per cell (default 1)")
@@ -69,6 +76,10 @@ def register(sub: Any) -> None:
     add("--backend-port", type=port, default=18400, help="proxy: backends' port on 127.0.0.2... (default 18400)")
     add("--router-port", type=port, default=18480, help="proxy: router i on this + i, metrics this + 10 + i")
     add("--entries", type=positive(int), default=500_000, help="memory: index entries per scenario (default 500000)")
+    add("--scrape-endpoints", type=_counts, default=SCRAPE_COUNTS, help="scrape: endpoint counts (default 16,256,1024)")
+    add("--scrape-seconds", type=positive(float), default=5.0, help="scrape: seconds measured per row (default 5)")
+    add("--scrape-port", type=port, default=18500, help="scrape: the exposition server's port (default 18500)")
+    add("--exposition", type=Path, help="scrape: serve this exposition (default: the simulator's vLLM 0.34 one)")
     add("--json", help="also write the numbers to this file")
     parser.set_defaults(run=run, parser=parser)
 
@@ -125,6 +136,24 @@ def memory_table(rows: Sequence[MemoryRow]) -> str:
     return "\n".join(lines)
 
 
+def scrape_table(rows: Sequence[ScrapeRow]) -> str:
+    lines = [
+        "| endpoints | cadence | scrapes/s per endpoint | CPU µs/scrape | scraper thread CPU % | serving thread CPU % "
+        "| age p50 / p99 ms (requested endpoints) | serving loop lag p99 ms | off the serving loop |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if r.error is not None:
+            lines.append(f"| {r.endpoints:,} | {r.cadence} |" + " — |" * 6 + f" did not run: {r.error} |")
+            continue
+        lines.append(
+            f"| {r.endpoints:,} | {r.cadence} | {_f(r.scrapes_per_s_per_endpoint)} | {_f(r.cpu_us_per_scrape)} "
+            f"| {_f(r.scraper_cpu_percent)} | {_f(r.serving_cpu_percent)} | {_f(r.age_p50_ms)} / {_f(r.age_p99_ms)} "
+            f"| {_f(r.loop_lag_p99_ms)} | {'yes' if r.separate_thread else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def _jsonable(rows: Sequence[Any]) -> list[dict[str, Any]]:
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(r).items()} for r in rows]
 
@@ -170,6 +199,12 @@ def run(args: argparse.Namespace) -> int:
         document["memory"] = [
             {**asdict(r), "bytes_per_entry": r.bytes_per_entry, "bytes_per_hash": r.bytes_per_hash} for r in memory
         ]
+    if "scrape" in args.parts:
+        scrape = run_scrape(args.scrape_endpoints, args.scrape_port, args.scrape_seconds, args.exposition)
+        print("Metrics collection: idle pool but for 100 scheduling calls/s over 32 endpoints\n")
+        print(scrape_table(scrape) + "\n")
+        document["scrape"] = _jsonable(scrape)
+        failed = failed or any(r.error is not None for r in scrape)
     document["machine"]["load_after"] = load_average()
     print(
         f"load average before {document['machine']['load_before']}, after {document['machine']['load_after']} "

@@ -110,6 +110,14 @@ class LoadedConfig:
         return self.document.metrics
 
     @property
+    def max_metrics_age(self) -> float | None:
+        """The oldest scraped metrics every saturation detector of the configuration trusts (the pool's and those
+        used as filters); None when none of them looks at the age."""
+        detectors = [self.saturation_detector, *(p for p in self.plugins.values() if isinstance(p, SaturationDetector))]
+        ages = [d.max_metrics_age for d in detectors if d.max_metrics_age is not None]
+        return min(ages) if ages else None
+
+    @property
     def admission(self) -> AdmissionSpec:
         return self.document.admission
 

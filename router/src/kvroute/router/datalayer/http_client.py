@@ -3,7 +3,9 @@
 A general client costs the router about 1 ms of CPU per scrape (request objects, header multidicts, cookie
 handling, a stream reader per response); at 20 scrapes per second per endpoint a core is busy at 50 endpoints. A
 scrape needs little of HTTP: one fixed request, and a 200 with a body. `HttpGetter` writes a request prebuilt as
-bytes on a persistent connection and parses the answer in the `asyncio.Protocol` callback that receives it:
+bytes on a persistent connection and parses the answer in the `asyncio.Protocol` callback that receives it, which
+hands the outcome straight to the caller's callback (`start_get`): no task, future or timeout context per GET, only
+a timer (`get` is the awaitable form, for callers that would rather await):
 
 - the status line: any status but 200 fails the GET (redirects are not followed: a model server must not point
   the router at other hosts);
@@ -14,7 +16,7 @@ bytes on a persistent connection and parses the answer in the `asyncio.Protocol`
   until the server closes the connection.
 
 Bounds: a body over `max_body_bytes` and a head (status line, headers, a chunk-size line, trailers) over
-`MAX_HEAD_BYTES` fail the GET; the `timeout` of `get` covers connecting, sending and the whole response. Any
+`MAX_HEAD_BYTES` fail the GET; the `timeout` of a GET covers connecting, sending and the whole response. Any
 failure closes the connection, so a late or partial answer is never read as the next one; the next `get`
 connects again. A kept-alive connection closed by the server while idle is noticed (`connection_lost`) and
 replaced; one it closes just as a request goes out, before answering anything, is retried once on a new one.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import cast
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -43,13 +46,17 @@ class _ClosedUnanswered(ConnectionResetError):
     """The server closed the connection without sending a byte of the response."""
 
 
+Outcome = bytes | BaseException
+"""What a GET ends with: the body of a 200 answer, or why there is none."""
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP connection; `exchange` sends a request and returns the future of its response body."""
+    """One TCP connection; `exchange` sends a request and calls back once with its outcome."""
 
     def __init__(self, max_body_bytes: int) -> None:
         self._max_body = max_body_bytes
         self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[bytes] | None = None
+        self._waiter: Callable[[Outcome], None] | None = None
         self._buffer = bytearray()
         self._body = bytearray()
         self._state = _DONE
@@ -62,13 +69,12 @@ class _Connection(asyncio.Protocol):
     def open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
-    def exchange(self, request: bytes) -> asyncio.Future[bytes]:
+    def exchange(self, request: bytes, done: Callable[[Outcome], None]) -> None:
         assert self._transport is not None and self._state == _DONE, "one request at a time"
-        waiter = self._waiter = self.lost.get_loop().create_future()
+        self._waiter = done
         self._state, self._keep_alive, self.answered = _HEAD, True, False
         self._body = bytearray()
         self._transport.write(request)
-        return waiter
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -78,8 +84,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._waiter is None:
             self.close()  # unsolicited bytes: the connection is out of step with its requests
             return
         self.answered = True
@@ -103,7 +108,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
-        if self._waiter is not None and not self._waiter.done():
+        if self._waiter is not None:
             if self._state == _UNTIL_CLOSE and exc is None:
                 self._finish(bytes(self._body))
             elif not self.answered:
@@ -111,17 +116,20 @@ class _Connection(asyncio.Protocol):
             else:
                 self._finish(ConnectionResetError(f"connection closed mid-response: {exc or 'end of stream'}"))
 
-    def _finish(self, outcome: bytes | BaseException) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         waiter, self._waiter = self._waiter, None
         self._state = _DONE
         self._buffer.clear()
-        if waiter is None or waiter.done():
+        if waiter is None:
             return
         if isinstance(outcome, BaseException):
             self.close()
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
+        waiter(outcome)
+
+    def abandon(self) -> None:
+        """Forget the request in flight (its caller gave up) and drop the connection: no callback follows."""
+        self._waiter = None
+        self.close()
 
     def _advance(self) -> bool:
         """Consumes what the buffer holds of the response; True once it is complete. Raises `HttpError`."""
@@ -245,33 +253,62 @@ class HttpGetter:
             "Accept: text/plain\r\nAccept-Encoding: identity\r\n\r\n"
         ).encode("ascii")
         self._connection: _Connection | None = None
+        self._done: Callable[[Outcome], None] | None = None  # the caller of the GET in flight
+        self._timer: asyncio.TimerHandle | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._may_retry = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one of the first GET
+
+    @property
+    def busy(self) -> bool:
+        """A GET is in flight."""
+        return self._done is not None
+
+    def start_get(self, timeout: float, done: Callable[[Outcome], None]) -> None:
+        """Start a GET; `done` is called once, later, on the running loop, with the body of a 200 answer or the
+        exception saying why there is none (`HttpError`, `OSError` for connection failures, `TimeoutError`)."""
+        assert self._done is None, "one GET at a time"
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        self._done = done
+        self._timer = loop.call_later(timeout, self._timed_out)
+        connection = self._connection
+        if connection is not None and connection.open:
+            self._may_retry = True  # closed by the server as the request went out: once more, on a new connection
+            connection.exchange(self._request, self._answered)
+        else:
+            self._connect_and_send(loop)
 
     async def get(self, timeout: float) -> bytes:
         """The body of a 200 answer. Raises `HttpError`, `OSError` (connection failures) or `TimeoutError`."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.start_get(timeout, settle)
         try:
-            async with asyncio.timeout(timeout):
-                connection = self._connection
-                if connection is not None and connection.open:
-                    try:
-                        return await connection.exchange(self._request)
-                    except _ClosedUnanswered:
-                        pass  # closed by the server as the request went out: once more, on a new connection
-                connection = self._connection = await self._connect()
-                return await connection.exchange(self._request)
+            return await future
         except BaseException:
             self.close()
             raise
 
-    async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(lambda: _Connection(self._max_body), self._host, self._port)
-        return connection
-
     def close(self) -> None:
-        """Drops the connection at once (if any); the next `get` opens a new one."""
+        """Drops the connection at once (if any), abandoning a GET in flight; the next GET opens a new one."""
+        self._done = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.close()
+            connection.abandon()
 
     async def aclose(self) -> None:
         """`close`, and wait until the socket is closed."""
@@ -279,3 +316,46 @@ class HttpGetter:
         self.close()
         if connection is not None:
             await connection.lost
+
+    def _connect_and_send(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._may_retry = False
+        self._connecting = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, connection = await loop.create_connection(lambda: _Connection(self._max_body), self._host, self._port)
+        except Exception as exc:  # OSError mostly; whatever it is, the GET ends with it
+            self._connecting = None
+            self._settle(exc)
+            return
+        self._connecting = None
+        if self._done is None:  # given up meanwhile
+            connection.close()
+            return
+        self._connection = connection
+        connection.exchange(self._request, self._answered)
+
+    def _answered(self, outcome: Outcome) -> None:
+        if self._may_retry and isinstance(outcome, _ClosedUnanswered) and self._done is not None:
+            self._connection = None
+            assert self._loop is not None
+            self._connect_and_send(self._loop)
+            return
+        self._settle(outcome)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._settle(TimeoutError(f"no complete answer from {self._host}:{self._port} in time"))
+
+    def _settle(self, outcome: Outcome) -> None:
+        done = self._done
+        if done is None:
+            return
+        if isinstance(outcome, BaseException):
+            self.close()  # so a late or partial answer is never read as the next one
+        else:
+            self._done = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        done(outcome)

@@ -1,8 +1,10 @@
 """Read the few metric families the router needs out of a Prometheus text exposition.
 
-This runs for every endpoint every 50 ms, so it does not tokenize the whole exposition: for each family it needs
-it searches the text for the family name at the start of a line (`str.find`, in C) and parses only those sample
-lines; everything else (HELP/TYPE comments, histograms, counters) is never looked at.
+This runs for every endpoint up to 20 times a second, so it does not tokenize the whole exposition: for each family
+it needs it searches the text for the family name at the start of a line (`str.find`, in C) and parses only those
+sample lines; everything else (HELP/TYPE comments, histograms, counters) is never looked at. A family's samples
+are one group (the text format requires it), so the search for a family ends with its group: the text is scanned
+to its end only for a family that is absent.
 
 Per engine (selected by the endpoint's `inference.networking.k8s.io/engine-type` label, as in GIE):
 
@@ -223,13 +225,15 @@ def _samples(text: str, family: str, *, first_only: bool = False) -> list[tuple[
     else:
         found = text.find(needle)
         name_at = found + 1 if found != -1 else -1
+    in_group = False
     while name_at != -1:
         name_end = name_at + len(family)
         line_end = text.find("\n", name_end)
         if line_end == -1:
             line_end = len(text)
-        # A longer family sharing this prefix (`..._total`, `..._bucket`) is a different family: skip it.
+        # A longer family sharing this prefix (`..._total`, `..._bucket`) is a different family.
         if text.startswith(_AFTER_NAME, name_end):
+            in_group = True
             match = _SAMPLE_REST.match(text, name_end, line_end)
             if match is not None:
                 value = _float(match.group(2))
@@ -237,9 +241,29 @@ def _samples(text: str, family: str, *, first_only: bool = False) -> list[tuple[
                     samples.append((match.group(1), value))
                     if first_only:
                         break
-        found = text.find(needle, line_end)
-        name_at = found + 1 if found != -1 else -1
+        elif in_group:
+            break
+        if in_group:
+            # A family's samples are one group (the text format requires it): the next sample line is this
+            # family's, or the group is over. Nothing after it is searched.
+            name_at = line_end + 1
+            if not text.startswith(family, name_at):
+                name_at = _next_sample_line(text, name_at)
+                if name_at == -1 or not text.startswith(family, name_at):
+                    break
+        else:
+            found = text.find(needle, line_end)
+            name_at = found + 1 if found != -1 else -1
     return samples
+
+
+def _next_sample_line(text: str, at: int) -> int:
+    """Where the first line at or after `at` that is not a comment or blank starts; -1 at the end of the text."""
+    while at < len(text) and text[at] in "#\n":
+        at = text.find("\n", at) + 1
+        if not at:
+            return -1
+    return at if at < len(text) else -1
 
 
 def _lora(text: str, family: str) -> LoraInfo | None:

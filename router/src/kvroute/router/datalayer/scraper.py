@@ -1,43 +1,67 @@
-"""Per-endpoint metrics polling: one asyncio task per endpoint in the pool, each with its own connection.
+"""Metrics collection off the serving loop: a thread of its own polls every endpoint's `/metrics`.
 
-Each task GETs `http://<address>:<port>/metrics` every `interval` seconds (start to start; a slow scrape delays
-the next one rather than letting them pile up), with `timeout` per request, over one kept-alive connection
-(`http_client.HttpGetter`: tens of microseconds of CPU per scrape where a general-purpose HTTP client spends a
-millisecond). A good scrape replaces the endpoint's `metrics` with a new `EndpointMetrics` (`scraped_at` =
-`time.monotonic()`, `stale=False`); fields the exposition lacked keep their previous values. A failed scrape
-(connection error, timeout, any status but 200, redirects included, a body over `max_body_bytes`, or none of the
-engine's load families present) keeps the last values and marks them `stale=True` at once. Metrics never look
-fresh for longer than `staleness` after the last good scrape: the next attempt ends (well or badly) within
-`interval + timeout`, which must not exceed `staleness`, and each task also checks the age before every attempt,
-which catches an event loop that fell behind. Which families are read depends on the endpoint's
-`inference.networking.k8s.io/engine-type` label, else `default_engine` (see `metrics_parser`).
+`MetricsScraper.start()` starts the thread `kvroute-scraper`, which runs its own event loop (uvloop when
+installed) and, on it, a `poller.Poller`: one timer and one kept-alive connection per endpoint, the answer parsed
+in the protocol callback (`metrics_parser` reads only the families routing needs) and handed over by swapping the
+endpoint's `metrics` for a new `EndpointMetrics`. The serving loop never runs any of it; it pays for one
+`call_soon_threadsafe` per pool change and per batch of routing hints (`scrape_soon`, coalesced). Python threads
+share one interpreter lock: the scraper's parsing competes with the serving loop for it, its syscalls (most of a
+scrape) do not.
 
-The scraper follows the pool: it subscribes on `start()`, starting a task for every added endpoint and cancelling
-the task of every removed one, which closes its connection. `stop()` unsubscribes, cancels and awaits every task;
-when it returns, every connection is closed.
+Cadence (`cadence.Cadence`): each endpoint is scraped every `interval` (start to start; a slow scrape delays the
+next one rather than letting them pile up) while its load changes or requests are routed to it (`hold` seconds
+after the last), backing off to at most `slowest` while nothing changes:
+
+    slowest = min(interval * slow_factor, staleness - timeout, max_age - interval)
+
+where `max_age` is the oldest metrics the router's plugins trust (the saturation detector's staleness, when it
+has one): an idle endpoint's metrics stay younger than that. `scrape_soon(endpoint_id)` (the Director calls it when
+it schedules a request to an endpoint) scrapes an endpoint polled slowly at once and puts it back on the fast
+cadence.
+
+Failure semantics (`poller`): a failed scrape keeps the last values and marks them `stale=True` at once. Metrics
+never look fresh for longer than `staleness` after the last good scrape: the next attempt ends (well or badly)
+within `slowest + timeout <= staleness`, and each attempt first checks the age, which catches a loop that fell
+behind. Which families are read depends on the endpoint's `inference.networking.k8s.io/engine-type` label, else
+`default_engine` (see `metrics_parser`).
+
+The scraper follows the pool: it subscribes on `start()`; added endpoints are polled and removed ones dropped (their
+connections closed). `stop()` unsubscribes, closes every connection, stops the loop and joins the thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import concurrent.futures
 import logging
-import time
+import threading
+from collections import deque
 from collections.abc import Callable
 
-from kvroute.router.datalayer.http_client import HttpError, HttpGetter
-from kvroute.router.datalayer.metrics_parser import ENGINES, EngineSpec, ParsedMetrics, parse_metrics
+from kvroute.router.datalayer.cadence import Cadence
+from kvroute.router.datalayer.metrics_parser import ENGINES, EngineSpec
+from kvroute.router.datalayer.poller import Poller, PollSettings, ScrapeError
 from kvroute.router.datalayer.pool import EndpointPool, PoolChange
 from kvroute.router.framework.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ENGINE_TYPE_LABEL", "MetricsScraper", "ScrapeError"]
+
 ENGINE_TYPE_LABEL = "inference.networking.k8s.io/engine-type"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_SLOW_FACTOR = 8
+DEFAULT_HOLD = 1.0
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
-class ScrapeError(Exception):
-    """One scrape could not be used; the message says why."""
+def default_loop_factory() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 class MetricsScraper:
@@ -50,6 +74,10 @@ class MetricsScraper:
         staleness: float = 2.0,
         default_engine: str = "vllm",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        slow_factor: float = DEFAULT_SLOW_FACTOR,
+        hold: float = DEFAULT_HOLD,
+        max_age: float | None = None,
+        loop_factory: LoopFactory = default_loop_factory,
     ) -> None:
         if default_engine not in ENGINES:
             raise ValueError(f"unknown engine type {default_engine!r}; known: {', '.join(sorted(ENGINES))}")
@@ -60,36 +88,78 @@ class MetricsScraper:
                 f"interval ({interval}s) + timeout ({timeout}s) exceeds staleness ({staleness}s): "
                 "metrics could look fresh past the staleness window"
             )
+        if slow_factor < 1 or hold < 0:
+            raise ValueError("slow_factor must be at least 1 and hold at least 0")
         self._pool = pool
-        self._interval = interval
-        self._timeout = timeout
-        self._staleness = staleness
+        self.interval = interval
+        bounds = [interval * slow_factor, staleness - timeout]
+        if max_age is not None:
+            bounds.append(max_age - interval)
+        self.slowest = max(interval, min(bounds))
+        self._hold = hold
         self._default_engine = ENGINES[default_engine]
-        self._max_body_bytes = max_body_bytes
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancelled: set[asyncio.Task[None]] = set()
-        self._unsubscribe: Callable[[], None] | None = None
+        self._settings = PollSettings(
+            timeout=timeout,
+            staleness=staleness,
+            max_body_bytes=max_body_bytes,
+            cadence=lambda: Cadence(interval, self.slowest, hold),
+            engine_for=self._engine_for,
+        )
+        self._loop_factory = loop_factory
         self._unknown_engines_logged: set[str] = set()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._hints: deque[str] = deque()
+        self._hint_pending = False
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The scraping thread while started."""
+        return self._thread
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The scraping thread's event loop while started."""
+        return self._loop
+
+    @property
+    def scrapes(self) -> int:
+        """Scrapes ended (well or badly) since `start`."""
+        return self._poller.scrapes if self._poller is not None else 0
+
+    def polled(self) -> frozenset[str]:
+        """Ids of the endpoints being polled (empty when stopped)."""
+        return self._poller.polled if self._poller is not None else frozenset()
 
     async def start(self) -> None:
-        """Start polling every endpoint in the pool, and follow the pool's changes from now on."""
-        if self._unsubscribe is not None:
+        """Start the thread, poll every endpoint in the pool, and follow the pool's changes from now on."""
+        if self._thread is not None:
             return
+        ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, Poller]] = concurrent.futures.Future()
+        thread = threading.Thread(target=self._run, args=(ready,), name="kvroute-scraper", daemon=True)
+        thread.start()
+        self._thread = thread
+        loop, poller = await asyncio.wrap_future(ready)
+        self._loop, self._poller = loop, poller
         self._unsubscribe = self._pool.subscribe(self._on_pool_change)
-        for endpoint in self._pool.snapshot():
-            self._start_task(endpoint)
+        self._on_pool_change(PoolChange(added=self._pool.snapshot()))
 
     async def stop(self) -> None:
-        """Cancel and await every task, which closes every connection. Safe to call twice."""
+        """Close every connection, stop the loop and join the thread. Safe to call twice."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        tasks = [*self._tasks.values(), *self._cancelled]
-        self._tasks.clear()
-        self._cancelled.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        thread, loop, poller = self._thread, self._loop, self._poller
+        if thread is None or loop is None or poller is None:
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(poller.close(), loop))
+        stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        loop.call_soon_threadsafe(_stop_loop, loop, stopped)
+        await asyncio.wrap_future(stopped)
+        thread.join()  # the loop has stopped: returns at once
+        self._thread = self._loop = self._poller = None
 
     async def __aenter__(self) -> MetricsScraper:
         await self.start()
@@ -98,76 +168,42 @@ class MetricsScraper:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def scrape_soon(self, endpoint_id: str) -> None:
+        """A request was just scheduled to `endpoint_id`: keep it on the fast cadence, and scrape it at once if its
+        metrics are older than `interval`. Cheap, from any thread; a no-op while stopped."""
+        loop = self._loop
+        if loop is None:
+            return
+        self._hints.append(endpoint_id)
+        if not self._hint_pending:
+            self._hint_pending = True
+            loop.call_soon_threadsafe(self._drain_hints)
+
+    def _drain_hints(self) -> None:
+        self._hint_pending = False  # before draining: a hint added from now on schedules another drain
+        poller, hints = self._poller, self._hints
+        while hints:
+            endpoint_id = hints.popleft()
+            if poller is not None:
+                poller.routed(endpoint_id)
+
     def _on_pool_change(self, change: PoolChange) -> None:
-        for endpoint in change.removed:
-            task = self._tasks.pop(endpoint.id, None)
-            if task is not None:
-                task.cancel()
-                self._cancelled.add(task)
-                task.add_done_callback(self._cancelled.discard)
-        for endpoint in change.added:
-            self._start_task(endpoint)
+        loop, poller = self._loop, self._poller
+        if loop is not None and poller is not None and (change.added or change.removed):
+            loop.call_soon_threadsafe(poller.apply, change)
 
-    def _start_task(self, endpoint: Endpoint) -> None:
-        if endpoint.id not in self._tasks:
-            client = HttpGetter(endpoint.address, endpoint.port, "/metrics", max_body_bytes=self._max_body_bytes)
-            self._tasks[endpoint.id] = asyncio.get_running_loop().create_task(
-                self._poll(endpoint.id, client), name=f"kvroute-scrape-{endpoint.id}"
-            )
-
-    async def _poll(self, endpoint_id: str, client: HttpGetter) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+    def _run(self, ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, Poller]]) -> None:
+        loop = self._loop_factory()
         try:
-            while True:
-                endpoint = self._pool.get(endpoint_id)
-                if endpoint is None:
-                    return
-                metrics = endpoint.metrics
-                if not metrics.stale and time.monotonic() - metrics.scraped_at > self._staleness:
-                    self._mark_stale(endpoint_id, f"last good scrape is older than {self._staleness}s")
-                await self._scrape_once(endpoint, client)
-                next_at = max(next_at + self._interval, loop.time())
-                await asyncio.sleep(next_at - loop.time())
+            asyncio.set_event_loop(loop)
+            ready.set_result((loop, Poller(self._pool, self._settings)))
+            loop.run_forever()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
         finally:
-            await client.aclose()
-
-    async def _scrape_once(self, endpoint: Endpoint, client: HttpGetter) -> None:
-        """One scrape of `endpoint`; the result lands on whichever object the pool holds for its id by then."""
-        try:
-            parsed = await self._fetch(client, self._engine_for(endpoint))
-        except (OSError, TimeoutError, HttpError, ScrapeError) as exc:
-            self._mark_stale(endpoint.id, exc)
-            return
-        except Exception as exc:
-            # Whatever a model server sends must not end this endpoint's polling for good.
-            log.exception("unexpected error scraping endpoint %s", endpoint.id)
-            self._mark_stale(endpoint.id, exc)
-            return
-        current = self._pool.get(endpoint.id)
-        if current is None:
-            return
-        was_stale = current.metrics.stale and current.metrics.scraped_at > 0
-        current.metrics = parsed.apply(current.metrics, time.monotonic())
-        if was_stale:
-            log.info("metrics of endpoint %s are fresh again", endpoint.id)
-
-    async def _fetch(self, client: HttpGetter, engine: EngineSpec) -> ParsedMetrics:
-        body = await client.get(self._timeout)
-        parsed = parse_metrics(body.decode("utf-8", errors="replace"), engine)
-        if not parsed.has_load:
-            raise ScrapeError(f"no {engine.name} load metrics in the exposition")
-        return parsed
-
-    def _mark_stale(self, endpoint_id: str, reason: BaseException | str) -> None:
-        endpoint = self._pool.get(endpoint_id)
-        if endpoint is None:
-            return
-        if not endpoint.metrics.stale:
-            log.warning("metrics of endpoint %s are stale: %s", endpoint_id, str(reason) or type(reason).__name__)
-            endpoint.metrics = dataclasses.replace(endpoint.metrics, stale=True)
-        else:
-            log.debug("scrape of endpoint %s failed: %r", endpoint_id, reason)
+            loop.close()
 
     def _engine_for(self, endpoint: Endpoint) -> EngineSpec:
         name = endpoint.labels.get(ENGINE_TYPE_LABEL)
@@ -185,3 +221,8 @@ class MetricsScraper:
                 )
             return self._default_engine
         return engine
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, stopped: concurrent.futures.Future[None]) -> None:
+    loop.stop()
+    stopped.set_result(None)

@@ -134,6 +134,11 @@ class ResponseHook(Plugin, ABC):
 
 
 class SaturationDetector(Plugin, ABC):
+    max_metrics_age: float | None = None
+    """Seconds: the oldest scraped metrics this detector trusts (it counts older ones as stale), None when it does
+    not look at their age. The data layer polls idle endpoints slowly, but never so slowly that their metrics
+    grow older than this; read once when the router starts."""
+
     @abstractmethod
     def saturation(self, endpoints: Sequence[Endpoint]) -> float:
         """Called at admission with the candidate endpoints; >= 1.0 means the pool is saturated and sheddable

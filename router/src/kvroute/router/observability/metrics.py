@@ -21,6 +21,8 @@ SCHEDULER_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
 # One plugin call is usually a few microseconds.
 PLUGIN_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1)
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Scraped metrics are 0 to one scrape interval old (50 ms by default) where requests go; older means slow polling.
+AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -98,6 +100,12 @@ class RouterMetrics:
             "Time from receiving a request to the end of its response.",
             ["api"],
             buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.metrics_age = Histogram(
+            "kvroute_endpoint_metrics_age_seconds",
+            "Age of the scraped metrics of the endpoint a request was scheduled to, at the decision.",
+            buckets=AGE_BUCKETS,
             registry=r,
         )
         self.config_reloads = Counter(
@@ -197,6 +205,9 @@ class RouterMetrics:
 
     def observe_prefix_hit_ratio(self, ratio: float) -> None:
         self.prefix_hit_ratio.observe(ratio)
+
+    def observe_metrics_age(self, seconds: float) -> None:
+        self.metrics_age.observe(seconds)
 
     def forget_endpoint(self, endpoint: str) -> None:
         """Drops the per-endpoint series of an endpoint that left the pool."""

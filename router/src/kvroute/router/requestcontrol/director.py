@@ -41,7 +41,8 @@ hooks, its output tokens as they stream and its completion.
 
 Metrics: request totals and durations by API and status (499 for a client that went away), the in-flight gauge
 of the endpoint serving the request (the decode endpoint in P/D; it moves with a fallback), and the prefix hit
-ratio `cached_tokens / prompt_tokens` from the response's usage. The scheduler records its decisions itself.
+ratio `cached_tokens / prompt_tokens` from the response's usage, and the age of the metrics each target was picked
+on (`Ledger.scheduled`, which also hints the metrics scraper). The scheduler records its decisions itself.
 """
 
 from __future__ import annotations
@@ -123,10 +124,13 @@ class Director:
         breaker: BreakerSettings | None = None,
         fleet: FleetSync | None = None,
         objectives: ObjectivePriorities | None = None,
+        routed: Callable[[str], None] | None = None,
     ) -> None:
+        """`routed` is told the id of each request's target endpoint once it is scheduled (the metrics scraper's
+        `scrape_soon`)."""
         self.holder = holder
         self.pool = pool
-        self.ledger = Ledger(metrics, fleet, breaker=breaker)
+        self.ledger = Ledger(metrics, fleet, breaker=breaker, routed=routed)
         self.max_body_bytes = max_body_bytes
         self._admission: tuple[LoadedConfig, Admission] | None = None
         self.objectives = objectives  # the cluster's objective priorities, over the configured ones
@@ -304,6 +308,7 @@ class Director:
                 log.exception("PreRequest hook %r failed on request %s", hook.name, request_id)
                 handle.release("pre_request hook failed")
                 raise RequestError(500, "preparing the request failed", "pre_request_failed") from None
+        self.ledger.scheduled(result.endpoints[0])
         fleet = self.ledger.fleet
         if fleet is not None:
             fleet.scheduled(config, state, request, result)

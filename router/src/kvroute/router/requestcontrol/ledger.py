@@ -8,9 +8,16 @@ Passive health: the ledger keeps a circuit breaker per endpoint (`breaker`). An 
 opens its breaker at once, a run of failed answers (5xx, 429, no first byte in time) after `failure_threshold` of
 them; `reachable` leaves out the endpoints whose breaker is open (or half-open with its probe in flight) unless
 that would leave none. An endpoint found unreachable is back as soon as it is scraped successfully again.
+
+Scheduling: `scheduled` records the age of the metrics the target was picked on
+(`kvroute_endpoint_metrics_age_seconds`) and tells the data layer (`routed`, the scraper's `scrape_soon`), which
+scrapes an endpoint polled slowly at once and keeps it on the fast cadence while requests go there.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from prometheus_client import Gauge
 
@@ -25,7 +32,7 @@ TOO_MANY_REQUESTS = 429
 
 
 class Ledger:
-    __slots__ = ("breakers", "fleet", "metrics")
+    __slots__ = ("breakers", "fleet", "metrics", "routed")
 
     def __init__(
         self,
@@ -33,10 +40,21 @@ class Ledger:
         fleet: FleetSync | None = None,
         *,
         breaker: BreakerSettings | None = None,
+        routed: Callable[[str], None] | None = None,
     ) -> None:
         self.metrics = metrics
         self.fleet = fleet  # peers told of every request scheduled here (router replicas sharing state)
         self.breakers = Breakers(breaker, metrics.record_breaker_state if metrics is not None else None)
+        self.routed = routed  # told the id of every endpoint a request is scheduled to
+
+    def scheduled(self, endpoint: Endpoint) -> None:
+        """A request was scheduled to `endpoint` (its target): the age of the metrics it was picked on, and the
+        data layer's hint."""
+        scraped_at = endpoint.metrics.scraped_at
+        if self.metrics is not None and scraped_at > 0:  # never scraped: no age to speak of
+            self.metrics.observe_metrics_age(time.monotonic() - scraped_at)
+        if self.routed is not None:
+            self.routed(endpoint.id)
 
     def record(self, api: ApiKind, status: int, seconds: float) -> None:
         """One request ended with `status` (499: its client went away) after `seconds`."""

@@ -6,8 +6,10 @@ router --mode both` the two front doors share one core, so a request's prefix af
 do not depend on which door it came through.
 
 The configuration comes from `config_text` (the built-in default when None); with `config_path` the file is also
-watched. The scraper's settings (`metrics` section, `scrape_interval` overriding its interval) are read once at
-start: a reload that changes them takes effect at the next start.
+watched. The scraper's settings (`metrics` section, `scrape_interval` overriding its interval, and the saturation
+detector's `max_metrics_age` bounding how slowly idle endpoints are polled) are read once at start: a reload that
+changes them takes effect at the next start. The scraper runs on a thread of its own; the Director hints it of
+every scheduled request (`scrape_soon`).
 
 With `CoreSettings.fleet`, the core also runs fleet sync (`kvroute.router.fleet`): the Director reports its
 decisions to the peer replicas of the pool and the transport applies theirs, from `start()` to `stop()`.
@@ -83,15 +85,6 @@ class RouterCore:
             )
             self.fleet_transport = FleetTransport(self.fleet, fleet)
             self.metrics.register_fleet(self.fleet_transport.stats)
-        self.director = Director(
-            self.holder,
-            self.pool,
-            self.metrics,
-            max_body_bytes=self.settings.max_body_bytes,
-            breaker=self.settings.breaker,
-            fleet=self.fleet,
-        )
-        forget_removed_endpoints(self.pool, self.holder, self.metrics)
         spec = self.holder.current.metrics
         self.scraper = MetricsScraper(
             self.pool,
@@ -99,7 +92,18 @@ class RouterCore:
             timeout=spec.timeout,
             staleness=spec.staleness_threshold,
             default_engine=spec.engine,
+            max_age=self.holder.current.max_metrics_age,
         )
+        self.director = Director(
+            self.holder,
+            self.pool,
+            self.metrics,
+            max_body_bytes=self.settings.max_body_bytes,
+            breaker=self.settings.breaker,
+            fleet=self.fleet,
+            routed=self.scraper.scrape_soon,
+        )
+        forget_removed_endpoints(self.pool, self.holder, self.metrics)
         self._watch: asyncio.Task[None] | None = None
         self.kv_events = KVEventsService(self.pool, self.metrics)
         self._in_service = self.holder.current  # the configuration whose plugins are in service

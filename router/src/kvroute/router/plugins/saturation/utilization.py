@@ -5,7 +5,8 @@ Parameters: `queueDepthThreshold` Q (default 5 requests), `kvCacheUtilThreshold`
 number of seconds) and `headroom` H (default 0.0).
 
 An endpoint's metrics are stale when the data layer marked them so, or when they were scraped more than S ago
-(`scraped_at` against `time.monotonic()`, the data layer's clock).
+(`scraped_at` against `time.monotonic()`, the data layer's clock). S is also the detector's `max_metrics_age`: the
+data layer keeps idle endpoints' metrics younger than S.
 
 Saturation, read at admission:
 
@@ -58,6 +59,7 @@ class UtilizationDetector(SaturationDetector, Filter):
         self._queue = params.queue_depth_threshold
         self._kv = params.kv_cache_util_threshold
         self._staleness = params.metrics_staleness_threshold
+        self.max_metrics_age = self._staleness
         self._headroom = params.headroom
         self._clock = clock
 
