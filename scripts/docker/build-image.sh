@@ -6,7 +6,9 @@
 #
 # Dockerfile.<name>, unchanged but for BASE_IMAGE (base-image.sh). The tag is kvroute/<name>:<content key>, the
 # key a hash of the Dockerfile, the base image and every file its COPY instructions send: when an image with that
-# tag exists nothing is built; a build removes the images of earlier keys. EXTRA-TAG (e.g. `e2e`) also names the image kvroute/<name>:<EXTRA-TAG>.
+# tag exists nothing is built; a build removes the keyed images of this name beyond the three most recent (other
+# checkouts may be building and running their own keys on the same engine at the same time). EXTRA-TAG (e.g.
+# `e2e`) also names the image kvroute/<name>:<EXTRA-TAG>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -37,9 +39,10 @@ if ! "$DOCKER_CLI" image inspect "$tag" >/dev/null 2>&1; then
     started=$(date +%s)
     "$DOCKER_CLI" build --quiet --file "$dockerfile" --build-arg "BASE_IMAGE=$base" --tag "$tag" "$repo" >&2
     log "built $tag in $(($(date +%s) - started)) s"
-    # The builds of earlier contents are of no further use (names with other tags are left alone).
-    "$DOCKER_CLI" image ls "kvroute/$name" --format '{{.Tag}}' | grep -E '^[0-9a-f]{16}$' | grep -vx "$key" |
-        sed "s|^|kvroute/$name:|" | xargs -r "$DOCKER_CLI" image rm >/dev/null || true
+    # Older contents are of no further use; the three newest keys stay (names with other tags are left alone).
+    "$DOCKER_CLI" image ls "kvroute/$name" --format '{{.CreatedAt}}|{{.Tag}}' | grep -E '\|[0-9a-f]{16}$' |
+        sort -r | tail -n +4 | cut -d'|' -f2 | sed "s|^|kvroute/$name:|" |
+        xargs -r "$DOCKER_CLI" image rm >/dev/null 2>&1 || true
 fi
 if [[ -n ${2:-} ]]; then
     "$DOCKER_CLI" tag "$tag" "kvroute/$name:$2"
