@@ -69,6 +69,9 @@ declare -A tags=(
     [local-path-helper]=$(kind_const storageHelperImage const_storage.go)
     [cni-placeholder]=$(kind_const kindnetdImage const_cni.go)
 )
+for target in "${!tags[@]}"; do # a failed lookup above only empties its entry (declare's status is 0)
+    [[ -n ${tags[$target]} ]] || die "no image name for $target"
+done
 
 t=$(now)
 log "kind's base image ($KIND_VERSION, containerd $CONTAINERD_VERSION, runc $RUNC_VERSION) on $base"
@@ -103,12 +106,14 @@ python3 "$here/repack_archive.py" "$work/kube-proxy.docker.tar" "$server/kube-pr
 rm "$work/kube-proxy.docker.tar"
 tarball="$work/kubernetes-server-linux-amd64.tar.gz"
 tar -C "$work" -c kubernetes | nice -n 19 gzip -1 >"$tarball"
-rm -rf "$work/kubernetes" "$work/context"
 log "server tarball ($(du -h "$tarball" | cut -f1)) in $(elapsed "$t")s"
 
 t=$(now)
 # kind `docker pull`s the base image first and carries on when that fails (it is a local image).
 "$bin/kind" build node-image --type file --base-image "kvroute/kind-base:$key" --image "$node_image" "$tarball" >&2
-rm -f "$tarball"
+rm -rf "$work"
+# The images of other keys are stale (a node image is ~1 GB); a checkout that still needs one rebuilds it.
+"$DOCKER_CLI" images --format '{{.Repository}}:{{.Tag}}' | grep -E '^kvroute/kind-(node|base|base-stage):' |
+    grep -v -e ":$KUBERNETES_VERSION-$key\$" -e ":$key\$" | xargs -r "$DOCKER_CLI" rmi >/dev/null || true
 log "node image $node_image built in $(elapsed "$t")s; all in $(elapsed "$start")s"
 echo "$node_image"

@@ -60,6 +60,9 @@ ENTRYPOINT ["/pause"]
 
 # kind's base image: its Dockerfile's `base` stage (apt packages, systemd, kind's files; built separately as
 # KIND_BASE_STAGE), then what its later stages clone and build from GitHub, here from our Go-built binaries.
+# One change to kind's containerd config: restrict_oom_score_adj, which kind sets only for rootless nodes. The node
+# has no CAP_SYS_RESOURCE (Docker's runtime here drops it: scripts/docker/runc-nosysres), so no process in it may
+# lower its oom_score_adj, and runc fails every sandbox asking for -998 ("can't get final child's PID from pipe").
 FROM ${KIND_BASE_STAGE} AS node-base-build
 COPY containerd ctr containerd-shim-runc-v2 crictl /usr/local/bin/
 COPY runc /usr/local/sbin/runc
@@ -68,6 +71,8 @@ RUN ctr oci spec \
         | jq '.hooks.createContainer[.hooks.createContainer| length] |= . + {"path": "/kind/bin/mount-product-files.sh"}' \
         | jq 'del(.process.rlimits)' \
         > /etc/containerd/cri-base.json \
+    && sed -i 's/restrict_oom_score_adj = false/restrict_oom_score_adj = true/' /etc/containerd/config.toml \
+    && grep -q 'restrict_oom_score_adj = true' /etc/containerd/config.toml \
     && containerd --version && runc --version && crictl --version
 
 FROM scratch AS node-base

@@ -6,8 +6,8 @@
 # 1. the private Docker engine of scripts/docker/ (started here, and stopped at the end, unless already running);
 # 2. helm and kubectl (scripts/k8s-tools.sh), the kind node binaries and the offline node image
 #    (build-binaries.sh, build-node-image.sh; cached, a warm run only checks them);
-# 3. the router, operator and simulator images from the repository's Dockerfiles and an Envoy image
-#    (envoy.Dockerfile), all on the local bookworm image of scripts/docker/base-image.sh;
+# 3. the router, operator and simulator images (scripts/docker/build-image.sh: the repository's Dockerfiles) and an
+#    Envoy image (envoy.Dockerfile), all on the local bookworm image of scripts/docker/base-image.sh;
 # 4. pytest e2e/kind: pytest-kubernetes creates the cluster, loads the images and deletes the cluster afterwards.
 # Loopback only: the engine's API is a unix socket, the cluster's API server and every port-forward bind 127.0.0.1.
 set -euo pipefail
@@ -17,7 +17,7 @@ repo=$(cd "$here/../.." && pwd)
 source "$repo/scripts/docker/common.sh"
 log() { printf '[e2e-kind] %s\n' "$*" >&2; }
 
-CLUSTER=kvroute-e2e
+CLUSTER=kvroute-e2e # pytest-kubernetes names the kind cluster pytest-$CLUSTER
 TAG=${KVROUTE_KIND_IMAGE_TAG:-e2e}
 export KVROUTE_KIND_IMAGE_TAG=$TAG
 cd "$repo"
@@ -36,9 +36,13 @@ stage() {
 engine_started=0
 cleanup() {
     local rc=$?
-    if command -v kind >/dev/null && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-        log "deleting the leftover cluster $CLUSTER"
-        kind delete cluster --name "$CLUSTER" >&2 || true
+    if command -v kind >/dev/null && kind get clusters 2>/dev/null | grep -qx "pytest-$CLUSTER"; then
+        log "deleting the leftover cluster pytest-$CLUSTER"
+        kind delete cluster --name "pytest-$CLUSTER" >&2 || true
+    fi
+    # kind leaves its Docker network (a bridge on the host) behind when its last cluster goes.
+    if command -v kind >/dev/null && [[ -z $(kind get clusters -q 2>/dev/null) ]]; then
+        "$DOCKER_CLI" network rm kind >/dev/null 2>&1 || true
     fi
     if ((engine_started)); then
         bash "$repo/scripts/docker/dockerd-stop.sh" || true
@@ -64,13 +68,12 @@ KVROUTE_KIND_NODE_IMAGE=$(<"$node_image_file")
 rm -f "$node_image_file"
 export KVROUTE_KIND_NODE_IMAGE
 
-base=$(bash "$repo/scripts/docker/base-image.sh")
 build_images() {
-    local name
+    local name base
     for name in router operator simulator; do
-        nice -n 19 "$DOCKER_CLI" build --quiet -f "Dockerfile.$name" --build-arg "BASE_IMAGE=$base" \
-            -t "kvroute/$name:$TAG" . >/dev/null
+        nice -n 19 bash "$repo/scripts/docker/build-image.sh" "$name" "$TAG" >/dev/null
     done
+    base=$(bash "$repo/scripts/docker/base-image.sh")
     nice -n 19 "$DOCKER_CLI" build --quiet -f "$here/envoy.Dockerfile" --build-arg "BASE_IMAGE=$base" \
         -t "kvroute/envoy:$TAG" "$here" >/dev/null
 }

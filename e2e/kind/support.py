@@ -170,7 +170,13 @@ def profile(prefix_weight: int = 3, replicas: int = 1) -> dict[str, Any]:
                     ],
                 }
             ],
-            "router": {"replicas": replicas, "mode": "ext-proc", "logLevel": "info"},
+            # The default request (500m) would leave no room on a 2-core node for a second replica and a surge pod.
+            "router": {
+                "replicas": replicas,
+                "mode": "ext-proc",
+                "logLevel": "info",
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+            },
         },
     }
 

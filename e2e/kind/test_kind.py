@@ -44,6 +44,7 @@ from e2e.kind.support import (
     sim_pod,
 )
 from pytest_kubernetes.options import ClusterOptions
+from pytest_kubernetes.providers import KindManagerBase
 
 from tests.support import eventually_sync
 
@@ -60,7 +61,7 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str],
     # kind: a new cluster from the offline node image; external: the given kubeconfig (the config is ignored).
     config = tmp_path / "kind.yaml"
     config.write_text(json.dumps(kind_config(k8s.cluster_name, NODE_IMAGE)))
-    if k8s.__class__.__name__.startswith("Kind"):
+    if isinstance(k8s, KindManagerBase):
         assert NODE_IMAGE, "KVROUTE_KIND_NODE_IMAGE names the node image of e2e/kind/build-node-image.sh"
     k8s.create(ClusterOptions(provider_config=config, cluster_timeout=900), timeout=300)
     for image in (OPERATOR_IMAGE, ROUTER_IMAGE, SIM_IMAGE, ENVOY_IMAGE):
@@ -96,7 +97,24 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str],
         objs = {kind: cluster.get(kind, name) for kind, name in CHILDREN.items()}
         return {k: v for k, v in objs.items() if v is not None} if all(objs.values()) else None
 
-    objs = eventually_sync(children, timeout=120, interval=1.0, message="the pool's children")
+    eventually_sync(children, timeout=120, interval=1.0, message="the pool's children")
+    eventually_sync(
+        lambda: (c := cluster.condition("Accepted")) and c["status"] == "True",
+        timeout=120,
+        interval=1.0,
+        message="Accepted=True",
+    )
+
+    # The pool may be reconciled before its profile exists (children from the built-in default configuration):
+    # the children to check are those of the profile's configuration, whose hash its status reports.
+    def profile_children() -> dict[str, dict[str, Any]] | None:
+        objs = children()
+        config_hash = ((cluster.get("schedulingprofile", PROFILE) or {}).get("status") or {}).get("configHash")
+        live_hash = objs and objs["configmap"]["metadata"]["annotations"]["kvroute.io/config-hash"]
+        return objs if objs and config_hash == live_hash else None
+
+    objs = eventually_sync(profile_children, timeout=120, interval=1.0, message="the profile's configuration")
+    assert objs is not None
     for kind, obj in objs.items():
         refs = obj["metadata"]["ownerReferences"]
         assert [(r["kind"], r["uid"], r["controller"]) for r in refs] == [("InferencePool", uid, True)], kind
@@ -109,14 +127,6 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str],
     assert args[:2] == ["router", "--mode"] and "--config-configmap" in args
     assert [p["port"] for p in objs["service"]["spec"]["ports"]] == [9002, 9003, 9090]
     assert all(rule["verbs"] == ["get", "list", "watch"] for rule in objs["role"]["rules"])
-    eventually_sync(
-        lambda: (c := cluster.condition("Accepted")) and c["status"] == "True",
-        timeout=120,
-        interval=1.0,
-        message="Accepted=True",
-    )
-    status = (cluster.get("schedulingprofile", PROFILE) or {})["status"]
-    assert status["configHash"] == objs["configmap"]["metadata"]["annotations"]["kvroute.io/config-hash"]
     before = {k: (cluster.get(k, n) or {})["metadata"]["resourceVersion"] for k, n in CHILDREN.items()}
     cluster.kubectl("annotate", "-n", NS, "schedulingprofile", PROFILE, "e2e.kvroute.io/touch=1", "--overwrite")
     time.sleep(5)
@@ -190,6 +200,10 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str],
                 timeout=120,
                 interval=1.0,
                 message="the router to reload",
+            )
+            at_reload = len(statuses)  # the load goes on across the reload, not only up to it
+            eventually_sync(
+                lambda: len(statuses) >= at_reload + 20, timeout=60, interval=0.2, message="20 requests after it"
             )
         finally:
             stop.set()
@@ -278,6 +292,7 @@ def test_operator_scenario_on_kind(k8s: Any, capsys: pytest.CaptureFixture[str],
         interval=1.0,
         message="Accepted=False",
     )
+    assert condition
     assert condition["message"].startswith("spec.plugins[0].parameters.blockSizeTokens")
     config_after = cluster.get("configmap", CONFIG_MAP) or {}
     assert config_after["metadata"]["resourceVersion"] == config_before["metadata"]["resourceVersion"]
