@@ -183,7 +183,8 @@ def test_deployment_pods_run_on_the_kwok_node_with_loopback_ips(api: client.ApiC
         (owner,) = pod.metadata.owner_references
         assert owner.kind == "ReplicaSet"
         assert owner.controller
-    assert len({pod.status.pod_ip for pod in pods}) == 3
+    # Not asserted: that the three addresses differ. kwok's pod-IP pool recycles the addresses of deleted pods and
+    # was seen handing one out twice while another test's pods were going away; nothing here relies on it.
     (replica_set,) = client.AppsV1Api(api).list_namespaced_replica_set(namespace).items
     assert replica_set.metadata.owner_references[0].kind == "Deployment"
     assert replica_set.metadata.owner_references[0].name == "web"
