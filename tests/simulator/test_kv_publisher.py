@@ -257,13 +257,15 @@ def test_a_data_parallel_rank_publishes_on_its_port_with_its_rank(sub: zmq.Socke
         sub.connect(pub.endpoint)
         eventually_sync(lambda: _probe(pub, sub), timeout=5.0, interval=0, message="the subscriber to join")
         _, seq, payload = sub.recv_multipart()
-    assert struct.unpack(">Q", seq)[0] == 0  # each rank numbers its own messages
-    assert msgpack.unpackb(payload)[2] == 1
+    timestamp, _, rank = msgpack.unpackb(payload)
+    # Each rank numbers its own messages from 0: a probe's timestamp is the count this rank sent before it.
+    assert struct.unpack(">Q", seq)[0] == int(timestamp)
+    assert rank == 1
 
 
 def _probe(pub: KVEventPublisher, sub: zmq.Socket[bytes]) -> bool:
-    if pub.next_seq == 0:
-        pub.publish([AllBlocksCleared()], 0.0)
+    """One more probe until the subscriber hears one (PUB/SUB drops what is sent before it joins)."""
+    pub.publish([AllBlocksCleared()], float(pub.next_seq))
     return bool(sub.poll(20))
 
 
