@@ -12,9 +12,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support import free_port
@@ -191,3 +193,18 @@ def scheduling_profile(
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     }
+
+
+def step_log(scenario: Any, name: str, tag: str, width: int, capsys: Any) -> Iterator[None]:
+    """The body of a scenario's autouse `step` fixture: skips a step after a failed one, then prints the step's line
+    of the log (`[tag] name  seconds  notes`). `scenario` has `failed` (the failed step's name, or None) and `notes`."""
+    if scenario.failed is not None:
+        pytest.skip(f"an earlier step failed: {scenario.failed}")
+    scenario.notes.clear()
+    started = time.monotonic()
+    scenario.failed = name  # cleared below when the step returns
+    yield
+    scenario.failed = None
+    with capsys.disabled():
+        notes = "; ".join(scenario.notes)
+        print(f"\n[{tag}] {name:<{width}} {time.monotonic() - started:6.2f}s  {notes}", flush=True)

@@ -43,7 +43,7 @@ from kvroute.router.plugins.registry import REGISTRY
 from tests.support import Processes, ServerProcess, eventually_sync, kvroute_command
 
 from .controlplane.cluster import ControlPlane
-from .helpers import REPO, in_ci, k8s_tools_dir, ok, scheduling_profile, write_kubeconfig
+from .helpers import REPO, in_ci, k8s_tools_dir, ok, scheduling_profile, step_log, write_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -174,16 +174,7 @@ def _tear_down(s: Scenario) -> None:
 @pytest.fixture(autouse=True)
 def step(scenario: Scenario, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
     """Skips a step after a failed one; prints the step's line of the log."""
-    if scenario.failed is not None:
-        pytest.skip(f"an earlier step failed: {scenario.failed}")
-    scenario.notes.clear()
-    started = time.monotonic()
-    scenario.failed = request.node.name  # cleared below when the step returns
-    yield
-    scenario.failed = None
-    with capsys.disabled():
-        notes = "; ".join(scenario.notes)
-        print(f"\n[gitops-e2e] {request.node.name:<48} {time.monotonic() - started:6.2f}s  {notes}", flush=True)
+    yield from step_log(scenario, request.node.name, "gitops-e2e", 48, capsys)
 
 
 def settled(read: Callable[[], T], *, hold: float = 1.5, timeout: float = 60.0, message: str) -> T:

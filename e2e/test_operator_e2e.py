@@ -41,6 +41,7 @@ from .helpers import (
     ok,
     port_free_on_all,
     scheduling_profile,
+    step_log,
     write_exec_kubeconfig,
     write_kubeconfig,
 )
@@ -142,16 +143,7 @@ def scenario(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(autouse=True)
 def step(scenario: Scenario, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
     """Skips a step after a failed one; prints the step's line of the log."""
-    if scenario.failed is not None:
-        pytest.skip(f"an earlier step failed: {scenario.failed}")
-    scenario.notes.clear()
-    started = time.monotonic()
-    scenario.failed = request.node.name  # cleared below when the step returns
-    yield
-    scenario.failed = None
-    with capsys.disabled():
-        notes = "; ".join(scenario.notes)
-        print(f"\n[operator-e2e] {request.node.name:<40} {time.monotonic() - started:6.2f}s  {notes}", flush=True)
+    yield from step_log(scenario, request.node.name, "operator-e2e", 40, capsys)
 
 
 def test_01_chart_crds_rbac_and_operator(scenario: Scenario) -> None:

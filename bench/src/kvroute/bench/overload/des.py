@@ -131,10 +131,8 @@ class GatedPolicy(HarnessListener):
 
     def _gate(self, arriving: int | None = None) -> BandGate:
         assert self.queue is not None
-        active = self.queue.priorities
-        if arriving is not None:
-            active.append(arriving)
-        return self.limits.gate(self.detector.saturation(self.inner.endpoints), active)
+        saturation = self.detector.saturation(self.inner.endpoints)
+        return self.limits.gate(saturation, self.queue.priorities, arriving)
 
 
 def run(config_text: str, fleet: Fleet, requests: Sequence[TenantRequest], seed: int) -> list[Outcome]:

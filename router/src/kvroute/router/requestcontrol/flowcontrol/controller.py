@@ -142,10 +142,8 @@ class FlowController:
             self._fallback = asyncio.get_running_loop().call_later(self._recheck, self.wake)
 
     def _gate(self, arriving: int | None = None) -> BandGate:
-        active = self.queue.priorities
-        if arriving is not None:
-            active.append(arriving)
-        return self._limits().gate(self._detector().saturation(self._candidates()), active)
+        saturation = self._detector().saturation(self._candidates())
+        return self._limits().gate(saturation, self.queue.priorities, arriving)
 
     def _leave(self, item: QueueItem[asyncio.Future[None]], reason: str) -> None:
         """The waiter of `item` gives up (once): out of the queue, unless a dispatch pass already took it out."""

@@ -28,12 +28,15 @@ class BandLimits:
     policy: UsageLimitPolicy | None = None
     configured: frozenset[int] = frozenset()  # priorities the configuration names: active even with nothing queued
 
-    def gate(self, saturation: float, active: Iterable[int]) -> BandGate:
-        """The gate at `saturation` with the configured priorities and `active` (bands holding or bringing
-        requests) as the active priorities."""
+    def gate(self, saturation: float, queued: Iterable[int], arriving: int | None = None) -> BandGate:
+        """The gate at `saturation`; the active priorities are the configured ones, those of the bands holding
+        requests (`queued`) and that of a request `arriving`."""
         if self.policy is None:
             return BandGate(saturation, {})
-        priorities = sorted(self.configured.union(active), reverse=True)
+        active = self.configured.union(queued)
+        if arriving is not None:
+            active = active | {arriving}
+        priorities = sorted(active, reverse=True)
         return BandGate(saturation, self.policy.ceilings(priorities))
 
 
