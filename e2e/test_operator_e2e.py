@@ -280,7 +280,7 @@ def test_02_pool_and_profile_render_the_children(scenario: Scenario) -> None:
     assert container["command"] == ["kvroute"]
     assert container["args"] == [
         *("router", "--mode", "ext-proc", "--discovery", "kubernetes", "--pool-name", POOL, "--pool-namespace", NS),
-        *("--config-configmap", CONFIG_MAP, "--host", "0.0.0.0", "--log-level", "info"),
+        *("--config-configmap", CONFIG_MAP, "--host", "0.0.0.0", "--log-level", "info", "--workers", "1"),
     ]
     assert children["Deployment"]["spec"]["template"]["spec"]["serviceAccountName"] == ROUTER
     ports = [(p["name"], p["port"], p["targetPort"]) for p in children["Service"]["spec"]["ports"]]

@@ -44,6 +44,8 @@ def test_router_runs_kubernetes_discovery_of_the_pool_with_its_config_map() -> N
         "0.0.0.0",
         "--log-level",
         "info",
+        "--workers",
+        "1",
     ]
 
 
@@ -62,7 +64,7 @@ def test_ext_proc_ports_and_grpc_health_probes() -> None:
 def test_proxy_mode_serves_http_on_8080() -> None:
     container = _container(_deployment(mode="proxy", logLevel="debug"))
     assert container["args"][1:3] == ["--mode", "proxy"]
-    assert container["args"][-2:] == ["--log-level", "debug"]
+    assert container["args"][-4:] == ["--log-level", "debug", "--workers", "1"]
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 8080)]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -171,3 +173,20 @@ def test_the_fleet_sync_port_is_not_on_the_service() -> None:
     ports = service(pool, "ext-proc")
     assert ports is not None
     assert 9005 not in [p["port"] for p in ports["spec"]["ports"]]
+
+
+@pytest.mark.parametrize(
+    ("resources", "workers"),
+    [
+        ({"limits": {"cpu": "2"}}, 2),
+        ({"requests": {"cpu": "500m"}, "limits": {"cpu": "2500m"}}, 2),
+        ({"requests": {"cpu": "4"}}, 4),
+        ({"requests": {"cpu": "250m"}}, 1),
+        ({"limits": {"memory": "1Gi"}}, 1),
+    ],
+)
+def test_a_pod_runs_one_router_worker_per_whole_core(resources: dict[str, Any], workers: int) -> None:
+    container = _container(_deployment(resources=resources))
+
+    at = container["args"].index("--workers")
+    assert container["args"][at + 1] == str(workers)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from kvroute.router.fleet.peers import StaticPeers, default_replica_id, parse_peers, parse_selector
+from kvroute.router.fleet.peers import StaticPeers, WorkerPeers, default_replica_id, parse_peers, parse_selector
 
 
 def test_peers_are_host_port_pairs_in_order() -> None:
@@ -70,3 +70,19 @@ async def test_static_peers_report_their_list_once() -> None:
     await peers.start(seen.append)
     await peers.stop()
     assert seen == [frozenset({"127.0.0.2:9005", "127.0.0.3:9005"})]
+
+
+async def test_a_worker_hears_its_siblings_and_every_worker_of_the_peer_pods() -> None:
+    siblings = ["ipc:///run/kvroute/fleet-1.sock", "ipc:///run/kvroute/fleet-2.sock"]
+    seen: list[frozenset[str]] = []
+
+    alone = WorkerPeers(siblings, 3)
+    await alone.start(seen.append)
+    with_pods = WorkerPeers(siblings, 3, StaticPeers(["127.0.5.2:5555", "127.0.5.3:65534"]))
+    await with_pods.start(seen.append)
+    await with_pods.stop()
+
+    assert seen[0] == frozenset(siblings)
+    assert seen[1] == frozenset(
+        [*siblings, "127.0.5.2:5555", "127.0.5.2:5556", "127.0.5.2:5557", "127.0.5.3:65534", "127.0.5.3:65535"]
+    )

@@ -242,3 +242,19 @@ def test_records_the_recommended_plugins_reject_are_counted_and_skipped() -> Non
     assert (load.prefill_tokens, load.prefilling, load.kv_tokens) == (7, 1, 11)
     assert scorer.load(e0).idle
     assert b.sync.open_peer_requests == 1
+
+
+def test_a_batch_heard_twice_is_applied_once() -> None:
+    a, b = Replica("a", config=LOAD_SCORERS_CONFIG), Replica("b", config=LOAD_SCORERS_CONFIG)
+    target = a.schedule("r1", "t" * 4000).endpoints[0].id
+    scheduled = a.sync.take_batch(1.0) or b""
+    a.sync.completed("r1")
+    completed = a.sync.take_batch(1.1) or b""
+
+    for data, now in ((scheduled, 1.0), (scheduled, 1.0), (completed, 1.1), (scheduled, 1.2), (completed, 1.2)):
+        b.sync.receive(data, now)  # a peer on two paths (its workers' IPC and TCP) delivers each batch twice
+
+    assert b.sync.counters.duplicate_batches == 3
+    assert b.sync.counters.received_batches == 2 and b.sync.counters.sequence_gaps == 0
+    assert b.sync.open_peer_requests == 0
+    assert b.plugin("active-blocks-scorer").active_blocks(target) == 0

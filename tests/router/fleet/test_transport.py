@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -291,3 +292,23 @@ async def test_a_taken_address_fails_the_start(replicas: Start) -> None:
     host, _, port = a.transport.address.rpartition(":")
     with pytest.raises(OSError, match=rf"fleet sync cannot listen on {re.escape(host)}:{port}"):
         await replicas("b", host=host, port=int(port))
+
+
+async def test_workers_exchange_over_ipc_without_a_tcp_port(tmp_path: Path) -> None:
+    holder = ConfigHolder.load(REGISTRY, recommended_config_text())
+    pool = EndpointPool(ENDPOINTS)
+    transports = []
+    for i in range(2):
+        sync = FleetSync(f"w{i}", lambda: holder.current, pool.by_id)
+        peer = f"ipc://{tmp_path / f'fleet-{1 - i}.sock'}"
+        settings = FleetSettings(f"w{i}", StaticPeers([peer]), tcp=False, ipc_path=str(tmp_path / f"fleet-{i}.sock"))
+        transports.append(FleetTransport(sync, settings))
+    try:
+        for transport in transports:
+            await transport.start()
+        assert transports[0].address == f"ipc://{tmp_path / 'fleet-0.sock'}"
+        for transport, other in zip(transports, ("w1", "w0"), strict=True):
+            await eventually(lambda t=transport, o=other: o in t.sync.peers, WAIT, message=f"{other} heard over IPC")
+    finally:
+        for transport in transports:
+            await transport.stop()

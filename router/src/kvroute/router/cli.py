@@ -13,6 +13,9 @@ Discovery: `--endpoints` lists the model servers (static); `--discovery kubernet
 Ready pods of that InferencePool instead, optionally with the configuration from a ConfigMap
 (`--config-configmap NAME`, key `config.yaml`, hot-reloaded).
 
+Workers: `--workers N` runs N router processes that share each door's port and act as one router (a fleet over
+IPC, one metrics page, one reload; docs/fleet.md#workers). The default is the pod's CPU limit, 1 outside Kubernetes.
+
 Fleet sync (docs/fleet.md): router replicas of one pool share their routing state, so that each routes as if it
 saw every request. It is on when peers are given: `--fleet-peers HOST:PORT,...` (a fixed list; the replica's own
 address may be in it), or with Kubernetes discovery `--fleet-peer-selector KEY=VALUE,...` (the pods of the
@@ -23,9 +26,7 @@ replica publishes on `--host`:`--fleet-port`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from typing import TYPE_CHECKING, Any
 
 from kvroute.router.config.models import parse_duration
@@ -214,6 +215,13 @@ def register(sub: Any) -> None:
         "<hostname>-<pid>)",
     )
     add(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="router processes sharing the doors' ports and their routing state (default: the pod's CPU limit "
+        "rounded down, 1 without one or outside Kubernetes); with fleet sync, worker i publishes on --fleet-port + i",
+    )
+    add(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -229,32 +237,38 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args, parser)
     # Imported here so that `kvroute router --help` stays fast.
-    import prometheus_client
+    from kvroute.router.runtime.supervisor import default_workers, run_workers, serve_settings
 
-    from kvroute.router.config.errors import ConfigError
-    from kvroute.router.datalayer.kubernetes import ConfigMapError, KubeConfigError
-    from kvroute.router.runtime import serve
-    from kvroute.router.runtime.build import build_router
+    workers = default_workers() if args.workers is None else args.workers
+    if workers == 1:
+        return serve_settings(settings)
+    _check_workers(args, parser, workers)
+    grace = settings.proxy.shutdown_grace if settings.proxy is not None else 10.0
+    return run_workers(settings, workers, args.log_level, grace)
 
-    try:
-        router = build_router(settings)
-    except ConfigError as exc:
-        print(f"kvroute router: the configuration is invalid:\n{exc}", file=sys.stderr)
-        return 2
-    except ConfigMapError as exc:
-        print(f"kvroute router: {exc}", file=sys.stderr)
-        return 2
-    except (KubeConfigError, ValueError) as exc:
-        parser.error(str(exc))
-    # No `_created` series: one per labelled child would double the size of /metrics for nothing.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(router))
-    else:
-        uvloop.run(serve(router))
-    return 0
+
+def _check_workers(args: argparse.Namespace, parser: argparse.ArgumentParser, workers: int) -> None:
+    """Several workers share fixed ports: none may be 0, and worker i's fleet port (+ i) must be free."""
+    ports: list[tuple[str, int]] = []
+    if args.mode in ("proxy", "both"):
+        ports.append(("--port", args.port))
+    if args.mode in ("ext-proc", "both"):
+        ports += [("--grpc-port", args.grpc_port), ("--grpc-health-port", args.grpc_health_port)]
+        ports.append(("--metrics-port", args.metrics_port))
+    for flag, value in ports:
+        if value == 0:
+            parser.error(f"--workers {workers} needs a fixed {flag}: the workers share it (0 picks a port per process)")
+    if args.fleet_peers is None and args.fleet_peer_selector is None:
+        return
+    first = DEFAULT_FLEET_PORT if args.fleet_port is None else args.fleet_port
+    if first == 0:
+        parser.error(f"--workers {workers} needs a fixed --fleet-port: worker i publishes on it + i")
+    last = first + workers - 1
+    if last > 65535:
+        parser.error(f"--fleet-port {first} + {workers} workers goes past port 65535")
+    for flag, value in ports:
+        if first <= value <= last:
+            parser.error(f"{flag} {value} is one of the workers' fleet ports {first}-{last} (--fleet-port + i)")
 
 
 def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RouterSettings:

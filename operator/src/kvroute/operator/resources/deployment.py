@@ -11,6 +11,10 @@ share their routing state: each publishes on port 9005 and subscribes to the pod
 finds with `--fleet-peer-selector` (the Deployment's selector labels; the Role already lets it watch pods) and
 tells apart from itself by `POD_NAME` and `POD_IP` from the downward API. The port is not on the Service: peers
 connect pod to pod. Turning sync on or off changes the pod template, so it rolls the routers.
+
+Each pod runs `--workers N` router processes (`router_workers`): N is the container's CPU limit, or its CPU
+request without a limit, rounded down to whole cores, at least 1 (the default resources give 1). Worker i of a
+pod that syncs with its peers publishes on port 9005 + i.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from kvroute.operator.models import RouterSpec
 from kvroute.operator.resources.meta import ANNOTATION_CONFIG_HASH, Pool, labels, object_meta, selector_labels
-from kvroute.operator.resources.quantity import canonical
+from kvroute.operator.resources.quantity import canonical, value_of
 
 EXT_PROC_PORT = 9002  # Envoy ext_proc (gRPC)
 HEALTH_PORT = 9003  # gRPC health: services "liveness" and "readiness"
@@ -59,11 +63,21 @@ def router_args(pool: Pool, router: RouterSpec) -> list[str]:
         "0.0.0.0",
         "--log-level",
         router.log_level,
+        "--workers",
+        str(router_workers(router)),
     ]
     if router.syncs_fleet:
         peers = ",".join(f"{key}={value}" for key, value in sorted(selector_labels(pool).items()))
         args += ["--fleet-peer-selector", peers, "--fleet-port", str(FLEET_PORT)]
     return args
+
+
+def router_workers(router: RouterSpec) -> int:
+    """Router processes per pod: whole cores of the CPU limit, else of the CPU request; at least 1."""
+    resources = _resources(router)
+    cpu = resources.get("limits", {}).get("cpu") or resources.get("requests", {}).get("cpu")
+    cores = None if cpu is None else value_of(cpu)
+    return 1 if cores is None else max(1, int(cores))
 
 
 def _fleet_env() -> list[dict[str, Any]]:

@@ -44,23 +44,38 @@ def canonical(quantity: int | str) -> int | str:
             return quantity
 
 
-def _canonical(match: re.Match[str], original: int | str) -> int | str:
+def value_of(quantity: int | str) -> Decimal | None:
+    """The number `quantity` stands for (`1500m` -> 1.5, `2Ki` -> 2048); None when it does not parse."""
+    match = _QUANTITY.fullmatch(str(quantity))
+    if match is None:
+        return None
+    with localcontext(prec=_PRECISION):
+        try:
+            return _value(match)
+        except DecimalException:
+            return None
+
+
+def _value(match: re.Match[str]) -> Decimal:
     number, exponent, binary, decimal = match.groups()
     value = Decimal(number)
     if exponent:
-        value = value.scaleb(int(exponent[1:]))
-    elif binary:
-        value *= 2 ** _BINARY_SI[binary]
-    else:
-        value = value.scaleb(_DECIMAL_SI[decimal or ""])
-    value = value.quantize(_MILLI, rounding=ROUND_UP)
+        return value.scaleb(int(exponent[1:]))
+    if binary:
+        return value * Decimal(2 ** _BINARY_SI[binary])
+    return value.scaleb(_DECIMAL_SI[decimal or ""])
+
+
+def _canonical(match: re.Match[str], original: int | str) -> int | str:
+    binary = match.group(3)
+    value = _value(match).quantize(_MILLI, rounding=ROUND_UP)
     if binary:
         value = max(min(value, _MAX_BINARY), -_MAX_BINARY)
     if value == 0:
         return "0"
     if binary and abs(value) >= 1024 and value == value.to_integral_value():
         return _binary(int(value))
-    return _decimal(value, exponent_form=bool(exponent), original=original)
+    return _decimal(value, exponent_form=bool(match.group(2)), original=original)
 
 
 def _binary(value: int) -> str:

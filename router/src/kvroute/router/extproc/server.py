@@ -43,6 +43,7 @@ class ExtProcSettings:
     max_destinations: int = 1
     gie_conformance: bool = False  # honour the GIE conformance suite's test headers (extproc/conformance.py)
     shutdown_grace: float = 10.0
+    reuse_port: bool = False  # share the ports with the pod's other workers (SO_REUSEPORT)
 
 
 class ExtProcDoor:
@@ -59,7 +60,7 @@ class ExtProcDoor:
 
     def _server(self) -> grpc.aio.Server:
         options = [
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.settings.reuse_port)),
             ("grpc.max_receive_message_length", self.director.max_body_bytes + 1024 * 1024),
         ]
         server = grpc.aio.server(options=options)
@@ -94,7 +95,8 @@ class ExtProcDoor:
             app.router.add_get("/metrics", metrics_page(metrics))
         self._metrics = web.AppRunner(app, access_log=None)
         await self._metrics.setup()
-        await web.TCPSite(self._metrics, settings.host, settings.metrics_port).start()
+        reuse_port = settings.reuse_port or None
+        await web.TCPSite(self._metrics, settings.host, settings.metrics_port, reuse_port=reuse_port).start()
         self.metrics_port = self._metrics.addresses[0][1]
         log.info(
             "ext_proc listening on %s:%d (%s, response mode %s), health on %d, metrics on %d, for %d endpoints",

@@ -46,6 +46,36 @@ class StaticPeers:
         return None
 
 
+class WorkerPeers:
+    """The peers of one worker of a router pod running `workers` workers (`kvroute router --workers N`): its
+    sibling workers, over IPC (`siblings`, `ipc://...`), and, when the pod has peers of its own (`pods`), every
+    worker of every peer pod: a pod reported at `host:port` has its workers at ports `port` to `port + workers - 1`
+    (every pod of a Deployment runs as many workers)."""
+
+    def __init__(self, siblings: Iterable[str], workers: int, pods: PeerSource | None = None) -> None:
+        self.siblings = frozenset(siblings)
+        self.workers = workers
+        self.pods = pods
+
+    async def start(self, update: Callable[[frozenset[str]], None]) -> None:
+        if self.pods is None:
+            update(self.siblings)
+            return
+        await self.pods.start(lambda addresses: update(self.siblings | self.expand(addresses)))
+
+    async def stop(self) -> None:
+        if self.pods is not None:
+            await self.pods.stop()
+
+    def expand(self, addresses: Iterable[str]) -> frozenset[str]:
+        """Every worker's address of the pods at `addresses`."""
+        expanded: set[str] = set()
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            expanded.update(f"{host}:{int(port) + i}" for i in range(self.workers) if int(port) + i <= 65535)
+        return frozenset(expanded)
+
+
 def parse_peers(text: str) -> tuple[str, ...]:
     """A `--fleet-peers` value, `host:port,...`; raises `ValueError` naming the item at fault."""
     if not text.strip():

@@ -17,7 +17,8 @@ process, so a replica that restarted is recognised and its predecessor's open re
 `[2, request id]`. A batch goes out at least every `heartbeat` seconds even when empty, so peers can tell a quiet
 replica from a dead one: a peer silent for `peer_timeout` seconds (`expire_peers`) has every open request
 completed. So does a peer request with no record for `stale_request` seconds, which covers records lost on the
-way (a sequence gap is counted: the transport may drop batches when a peer cannot keep up).
+way (a sequence gap is counted: the transport may drop batches when a peer cannot keep up). A batch whose
+sequence number was already seen (a peer heard on two paths) is dropped.
 
 Nothing here does I/O or reads the clock: the caller passes `now`. Malformed batches raise `ValueError` and
 change nothing; a record that a plugin rejects is counted (`rejected_records`) and skipped.
@@ -77,6 +78,7 @@ class SyncCounters:
     applied_records: int = 0
     rejected_records: int = 0
     sequence_gaps: int = 0
+    duplicate_batches: int = 0  # a batch received again (same incarnation, a sequence number already seen)
     expired_peers: int = 0
     stale_requests: int = 0
 
@@ -164,6 +166,9 @@ class FleetSync:
                 log.info("fleet peer %s restarted: releasing its %d open requests", replica_id, len(peer.requests))
                 self._release(peer)
             peer = self.peers[replica_id] = Peer(incarnation, seq - 1, now)
+        elif seq <= peer.seq:  # a batch heard twice (a peer reachable on two paths): applied once
+            self.counters.duplicate_batches += 1
+            return
         if seq != peer.seq + 1:
             self.counters.sequence_gaps += 1
         peer.seq, peer.last_seen = seq, now

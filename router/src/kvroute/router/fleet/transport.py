@@ -2,7 +2,9 @@
 
 Each replica binds one PUB socket on `host:port` (`--host`, `--fleet-port`) and keeps one SUB socket, subscribed
 to everything, connected to the PUB socket of every address its `PeerSource` reports (connecting to new
-addresses, disconnecting from those that went). A message is one ZMQ frame: a `FleetSync` batch.
+addresses, disconnecting from those that went). A message is one ZMQ frame: a `FleetSync` batch. The workers of
+one router pod (`kvroute router --workers N`) are replicas too: each also binds `ipc://` + `FleetSettings.ipc_path`
+(only that, with `tcp` off, when the pod has no peers of its own), and its peers' addresses may be `ipc://...`.
 
 - **Flush**: by default (`--fleet-sync-interval 0`) the records go out as soon as the event loop is free: the
   first record after a send schedules the next one (`loop.call_soon`), so what one loop iteration recorded
@@ -67,6 +69,8 @@ class FleetSettings:
     port: int = DEFAULT_FLEET_PORT  # 0: any free port (see `FleetTransport.address`)
     interval: float = DEFAULT_SYNC_INTERVAL
     peer_timeout: float = DEFAULT_PEER_TIMEOUT
+    tcp: bool = True  # bind `host:port`; off for a worker whose pod shares with its own workers only
+    ipc_path: str | None = None  # also bind this Unix socket path (the workers of one pod)
 
 
 class FleetTransport:
@@ -88,7 +92,7 @@ class FleetTransport:
 
     @property
     def address(self) -> str:
-        """`host:port` of the PUB socket as bound."""
+        """`host:port` of the PUB socket as bound (`ipc://path` without TCP)."""
         assert self._address is not None, "not started"
         return self._address
 
@@ -114,13 +118,23 @@ class FleetTransport:
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         port = str(settings.port) if settings.port else "*"
-        try:
-            pub.bind(f"tcp://{settings.host}:{port}")
-        except zmq.ZMQError as exc:
+        binds = [f"tcp://{settings.host}:{port}"] if settings.tcp else []
+        if settings.ipc_path is not None:
+            binds.append(f"ipc://{settings.ipc_path}")
+        if not binds:
             await self._close()
-            raise OSError(f"fleet sync cannot listen on {settings.host}:{port}: {exc}") from None
-        bound = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._address = f"{settings.host}:{bound.rpartition(':')[2]}"
+            raise OSError("fleet sync has no address to publish on: give a TCP port or an IPC path")
+        for bind in binds:
+            try:
+                pub.bind(bind)
+            except zmq.ZMQError as exc:
+                await self._close()
+                raise OSError(f"fleet sync cannot listen on {bind.partition('://')[2]}: {exc}") from None
+            if bind.startswith("tcp://"):
+                bound = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+                self._address = f"{settings.host}:{bound.rpartition(':')[2]}"
+        if self._address is None:
+            self._address = binds[0]
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._receive_loop(), name="kvroute-fleet-receive"),
@@ -154,18 +168,18 @@ class FleetTransport:
         await self._close()
 
     def set_peers(self, addresses: Iterable[str]) -> None:
-        """Subscribe to exactly `addresses` (`host:port`) from now on."""
+        """Subscribe to exactly `addresses` (`host:port`, or `ipc://path`) from now on."""
         sub = self._sub
         if sub is None:
             return
         wanted = set(addresses)
         for address in sorted(self._connected - wanted):
             with contextlib.suppress(zmq.ZMQError):  # already gone with its connection
-                sub.disconnect(f"tcp://{address}")
+                sub.disconnect(_endpoint(address))
             self._connected.discard(address)
         for address in sorted(wanted - self._connected):
             try:
-                sub.connect(f"tcp://{address}")
+                sub.connect(_endpoint(address))
             except zmq.ZMQError as exc:
                 log.error("fleet sync cannot subscribe to %s: %s", address, exc)
                 continue
@@ -252,3 +266,8 @@ class FleetTransport:
             # Waits up to FINAL_LINGER_MS for the last batch to leave: off the event loop.
             await asyncio.to_thread(self._context.term)
             self._context = None
+
+
+def _endpoint(address: str) -> str:
+    """The ZMQ endpoint of a peer address: `ipc://...` as it is, `host:port` over TCP."""
+    return address if address.startswith("ipc://") else f"tcp://{address}"

@@ -7,7 +7,7 @@ which the scheduler's hot path should not pay for.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -53,9 +53,11 @@ class _Children(Generic[M]):
 
 
 class RouterMetrics:
-    """All metrics of one router instance; `render()` is the body of its `/metrics` endpoint."""
+    """All metrics of one router instance; `render()` is the body of its `/metrics` endpoint, or `gather()` when
+    set: the page of the whole pod, for a worker of several (`runtime.worker.Siblings`)."""
 
     def __init__(self) -> None:
+        self.gather: Callable[[], Awaitable[bytes]] | None = None
         self.registry = CollectorRegistry()
         r = self.registry
         self.scheduler_duration = Histogram(

@@ -1,4 +1,5 @@
-"""The `/metrics` page every front door serves: the router's metrics in Prometheus' text exposition format."""
+"""The `/metrics` page every front door serves: the router's metrics in Prometheus' text exposition format (the
+merged page of every worker of the pod, for a worker of several)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def metrics_page(metrics: RouterMetrics) -> Callable[[web.Request], Awaitable[we
     """The aiohttp handler of `GET /metrics` for `metrics`."""
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        body = metrics.render() if metrics.gather is None else await metrics.gather()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     return page

@@ -14,6 +14,10 @@ now serving, or an error and the old configuration keeps serving:
 - 413 for a file over `max_config_bytes` (it is not parsed), 400 for one that cannot be read or is rejected
   (every `ConfigError` message in `error.details`).
 
+On a router of several workers (`--workers`), worker 0 serves these routes and, once it reloaded, hands the same
+document to its siblings (`reload_siblings`); the answer's `workers` tells how many reloaded, and names those
+that did not (`failed`).
+
 The file is read and parsed in a worker thread (`ConfigHolder.reload`): requests on the API port keep flowing
 while a large document is parsed.
 """
@@ -24,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -51,11 +56,21 @@ class AdminSettings:
     min_reload_interval: float = MIN_RELOAD_INTERVAL  # seconds between two reloads
 
 
+SiblingsReload = Callable[[str], Awaitable[list[str]]]  # reloads the other workers; what went wrong, per worker
+
+
 class AdminHandlers:
-    def __init__(self, holder: ConfigHolder, config_path: str | None, settings: AdminSettings) -> None:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        config_path: str | None,
+        settings: AdminSettings,
+        reload_siblings: SiblingsReload | None = None,
+    ) -> None:
         self.holder = holder
         self.config_path = config_path
         self.settings = settings
+        self.reload_siblings = reload_siblings
         self._running = False
         self._last: float | None = None
 
@@ -83,12 +98,20 @@ class AdminHandlers:
                 body = error.body()
                 body["error"]["details"] = list(exc.errors)
                 return web.json_response(body, status=400)
+            failed = [] if self.reload_siblings is None else await self.reload_siblings(text)
         finally:
             self._running = False
         log.info("configuration reloaded from %s", path)
-        return web.json_response(
-            {"status": "reloaded", "plugins": list(config.plugins), "profiles": list(config.profiles)}
-        )
+        for problem in failed:
+            log.error("reload of a sibling worker failed: %s", problem)
+        answer: dict[str, object] = {
+            "status": "reloaded",
+            "plugins": list(config.plugins),
+            "profiles": list(config.profiles),
+        }
+        if self.reload_siblings is not None:
+            answer["workers"] = {"failed": failed}
+        return web.json_response(answer)
 
     def _too_soon(self) -> RequestError | None:
         interval = self.settings.min_reload_interval
@@ -119,9 +142,15 @@ def build_admin_app(handlers: AdminHandlers) -> web.Application:
 class AdminServer:
     """The admin routes of `holder`, served on `settings.host:settings.port` between `start` and `stop`."""
 
-    def __init__(self, holder: ConfigHolder, config_path: str | None, settings: AdminSettings) -> None:
+    def __init__(
+        self,
+        holder: ConfigHolder,
+        config_path: str | None,
+        settings: AdminSettings,
+        reload_siblings: SiblingsReload | None = None,
+    ) -> None:
         self.settings = settings
-        self._app = build_admin_app(AdminHandlers(holder, config_path, settings))
+        self._app = build_admin_app(AdminHandlers(holder, config_path, settings, reload_siblings))
         self._runner: GuardedRunner | None = None
 
     @property

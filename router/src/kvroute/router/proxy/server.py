@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from kvroute.router.proxy.admin import AdminServer, AdminSettings
+from kvroute.router.proxy.admin import AdminServer, AdminSettings, SiblingsReload
 from kvroute.router.proxy.app import build_app
 from kvroute.router.proxy.connections import GUARD, ConnectionGuard, ConnectionLimits, GuardedRunner
 from kvroute.router.proxy.upstream import UpstreamSettings, create_session
@@ -31,6 +31,7 @@ class ProxyDoorSettings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)  # timeouts and retries
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # client connections' cap, timeouts
     admin: AdminSettings | None = None  # where the admin routes are served; None: not served
+    reuse_port: bool = False  # share the port with the pod's other workers (SO_REUSEPORT)
 
 
 class ProxyDoor:
@@ -41,9 +42,11 @@ class ProxyDoor:
         *,
         config_path: str | None = None,
         session: aiohttp.ClientSession | None = None,
+        reload_siblings: SiblingsReload | None = None,
     ) -> None:
         """The connect and idle timeouts of `settings.upstream` apply to the session the door creates, not to an
-        injected one; its first-byte and total timeouts and its retries apply to both."""
+        injected one; its first-byte and total timeouts and its retries apply to both. `reload_siblings` is worker 0's
+        way to hand an admin reload to the pod's other workers (`runtime.worker`)."""
         self.director = director
         self.settings = settings or ProxyDoorSettings()
         self.host = self.settings.host
@@ -53,7 +56,7 @@ class ProxyDoor:
         self._guard: ConnectionGuard | None = None
         self.admin: AdminServer | None = None
         if self.settings.admin is not None:
-            self.admin = AdminServer(director.holder, config_path, self.settings.admin)
+            self.admin = AdminServer(director.holder, config_path, self.settings.admin, reload_siblings)
 
     @property
     def port(self) -> int:
@@ -82,7 +85,8 @@ class ProxyDoor:
             app, guard, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_grace
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, settings.port, backlog=2048).start()
+        site = web.TCPSite(self._runner, self.host, settings.port, backlog=2048, reuse_port=settings.reuse_port or None)
+        await site.start()
         log.info("proxy listening on %s for %d endpoints", self.base_url, len(self.director.pool))
         if self.admin is not None:
             await self.admin.start()

@@ -3,7 +3,9 @@
 In order: discovery (static endpoints, or the Ready pods of an InferencePool through the Kubernetes API, which
 may also hold the configuration in a ConfigMap), fleet sync (static peers, or the router Deployment's pods), the
 `RouterCore` (configuration, pool, scraper, Director) and the front doors asked for (the proxy, the ext_proc
-server, or both on one Director). `kvroute router` parses its flags into `RouterSettings` and calls it; front-door
+server, or both on one Director). With `RouterSettings.worker` the process is one worker of a pod running several
+(`runtime.worker`): its doors share their ports, it syncs with its sibling workers over IPC, and it answers for
+the pod's metrics and reloads. `kvroute router` parses its flags into `RouterSettings` and calls it; front-door
 modules are imported only for the doors asked for, the Kubernetes client only for Kubernetes discovery.
 
 Errors: `SettingsError` (a `ValueError`) for settings that cannot be served, with a message naming what is wrong;
@@ -13,17 +15,18 @@ API server or the configuration ConfigMap cannot be reached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from kvroute.router.config.reload import MAX_CONFIG_BYTES
 from kvroute.router.fleet.defaults import DEFAULT_FLEET_PORT, DEFAULT_PEER_TIMEOUT, DEFAULT_SYNC_INTERVAL
-from kvroute.router.fleet.peers import PeerSource, StaticPeers, default_replica_id, parse_peers
+from kvroute.router.fleet.peers import PeerSource, StaticPeers, WorkerPeers, default_replica_id, parse_peers
 from kvroute.router.fleet.transport import FleetSettings
 from kvroute.router.requestcontrol.breaker import BreakerSettings
 from kvroute.router.requestcontrol.director import DEFAULT_MAX_BODY_BYTES
 from kvroute.router.runtime.core import CoreSettings, RouterCore
 from kvroute.router.runtime.router import FrontDoor, Router, Service
+from kvroute.router.runtime.worker import Siblings, WorkerPlan
 
 if TYPE_CHECKING:
     from kvroute.router.datalayer.kubernetes.startup import KubernetesSource
@@ -72,6 +75,7 @@ class RouterSettings:
     extproc: ExtProcSettings | None = None  # the Envoy ext_proc door; None: not served
     fleet: FleetOptions | None = None  # None: no fleet sync
     breaker: BreakerSettings | None = None  # the endpoints' circuit breakers; None: the defaults
+    worker: WorkerPlan | None = None  # one worker of a pod running several; None: the pod's only process
 
 
 def build_router(settings: RouterSettings) -> Router:
@@ -99,7 +103,7 @@ def build_router(settings: RouterSettings) -> Router:
         config_path=settings.config_path,
         max_config_bytes=settings.max_config_bytes,
         scrape_interval=settings.scrape_interval,
-        fleet=fleet_settings(settings.fleet, kubernetes) if settings.fleet is not None else None,
+        fleet=_fleet(settings, kubernetes),
         breaker=settings.breaker,
     )
     core = RouterCore(endpoints, REGISTRY, core_settings, config_text=text)
@@ -108,22 +112,52 @@ def build_router(settings: RouterSettings) -> Router:
         k8s = kubernetes.discovery(core.pool, core.holder, core.metrics)
         core.director.objectives = k8s.objectives  # the pool's InferenceObjectives, over the configured priorities
         discovery = k8s
-    return Router(core, _doors(settings, core), discovery)
+    siblings = None if settings.worker is None else Siblings(settings.worker, core.holder, core.metrics)
+    doors = _doors(settings, core, siblings)
+    if siblings is not None:
+        _check_shareable(core)
+        doors.insert(0, siblings)  # first up, last down: the doors' metrics pages and reloads reach it
+    return Router(core, doors, discovery)
 
 
-def _doors(settings: RouterSettings, core: RouterCore) -> list[FrontDoor]:
+def _doors(settings: RouterSettings, core: RouterCore, siblings: Siblings | None) -> list[FrontDoor]:
     doors: list[FrontDoor] = []
+    worker = settings.worker
     if settings.proxy is not None:
         from kvroute.router.proxy.server import ProxyDoor
 
-        doors.append(ProxyDoor(core.director, settings.proxy, config_path=settings.config_path))
+        proxy = settings.proxy
+        if worker is not None:
+            proxy = replace(proxy, reuse_port=True, admin=proxy.admin if worker.index == 0 else None)
+        reload_siblings = None if siblings is None else siblings.reload_siblings
+        doors.append(ProxyDoor(core.director, proxy, config_path=settings.config_path, reload_siblings=reload_siblings))
     if settings.extproc is not None:
         from kvroute.router.extproc.server import ExtProcDoor
 
-        doors.append(ExtProcDoor(core.director, settings.extproc))
+        extproc = settings.extproc
+        if worker is not None:
+            extproc = replace(extproc, reuse_port=True)
+        doors.append(ExtProcDoor(core.director, extproc))
     if not doors:
         raise SettingsError("no front door to serve: give the proxy's settings, the ext_proc server's, or both")
     return doors
+
+
+def _check_shareable(core: RouterCore) -> None:
+    """A KV events subscription that binds an address cannot be shared by a pod's workers."""
+    for consumer in core.holder.current.kv_events_consumers:
+        subscription = consumer.kv_events_subscription()
+        if subscription.bind is not None:
+            raise SettingsError(
+                f"plugin {consumer.name!r} binds {subscription.bind} for KV events, which only one process can: "
+                "run one worker (--workers 1), or let the router connect to each engine (kvEvents.endpointPort)"
+            )
+
+
+def _fleet(settings: RouterSettings, kubernetes: KubernetesSource | None) -> FleetSettings | None:
+    if settings.worker is not None:
+        return worker_fleet_settings(settings.worker, settings.fleet, kubernetes)
+    return fleet_settings(settings.fleet, kubernetes) if settings.fleet is not None else None
 
 
 def _connect(kubernetes: KubernetesSettings) -> KubernetesSource:
@@ -159,6 +193,27 @@ def fleet_settings(options: FleetOptions, kubernetes: KubernetesSource | None) -
         port=options.port,
         interval=options.interval,
         peer_timeout=options.peer_timeout,
+    )
+
+
+def worker_fleet_settings(
+    plan: WorkerPlan, options: FleetOptions | None, kubernetes: KubernetesSource | None
+) -> FleetSettings:
+    """Fleet sync of worker `plan.index`: with its siblings over IPC, and, with `options`, with every worker of
+    the pod's peer pods (worker i publishing on `options.port` + i)."""
+    siblings = [f"ipc://{plan.fleet_path(i)}" for i in plan.siblings]
+    if options is None:
+        replica = f"{default_replica_id()}-w{plan.index}"
+        return FleetSettings(
+            replica_id=replica, peers=WorkerPeers(siblings, plan.count), tcp=False, ipc_path=plan.fleet_path(plan.index)
+        )
+    pod = fleet_settings(options, kubernetes)
+    return replace(
+        pod,
+        replica_id=f"{pod.replica_id}-w{plan.index}",
+        peers=WorkerPeers(siblings, plan.count, pod.peers),
+        port=options.port + plan.index,
+        ipc_path=plan.fleet_path(plan.index),
     )
 
 
