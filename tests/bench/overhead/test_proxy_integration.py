@@ -86,8 +86,9 @@ def test_overhead_measures_every_part_with_kvroute_and_the_installed_peers(
     document = json.loads(out.read_text())
     assert [(c["endpoints"], c["chars"]) for c in document["scheduling"]] == [(4, 1000), (8, 1000)] * 2
     runs = document["proxy"]
-    assert [(r["name"], r["concurrency"]) for r in runs] == [
-        (name, c) for name in ("direct", *routers) for c in (1, 32)
+    cases = [("direct", 1), *(("kvroute", w) for w in (1, 2)), *((name, 1) for name in routers[1:])]
+    assert [(r["name"], r["processes"], r["concurrency"]) for r in runs] == [
+        (name, w, c) for name, w in cases for c in (1, 32)
     ]
     for run in runs:
         assert (run["errors"], run["error"]) == (0, None), run

@@ -108,14 +108,17 @@ def router_processes(
         raise RouterUnavailable(str(exc)) from None
 
 
-def router_process(name: str, site: RouterSite, workers: Sequence[str], config: Path | None = None) -> ManagedProcess:
-    """An unstarted process running router `name` at `site` in front of `workers` (`host:port` each)."""
+def router_process(
+    name: str, site: RouterSite, workers: Sequence[str], config: Path | None = None, processes: int = 1
+) -> ManagedProcess:
+    """An unstarted process running router `name` at `site` in front of `workers` (`host:port` each); kvroute
+    with `processes` router workers (`--workers`)."""
     host = loopback(site.host)
     urls = [f"http://{worker}" for worker in workers]
     if name == KVROUTE:
         argv = kvroute_command(
             "router", "--mode", "proxy", "--endpoints", ",".join(workers), "--host", host, "--port", str(site.port),
-            *(["--config", str(config)] if config is not None else []),
+            "--workers", str(processes), *(["--config", str(config)] if config is not None else []),
         )  # fmt: skip
         return ManagedProcess(name, argv, f"{site.base_url}/readyz")
     metrics = ["--prometheus-host", host, "--prometheus-port", str(site.metrics_port)]

@@ -5,7 +5,8 @@ Three parts (`--parts`, all by default):
 - `scheduling`: latency of one `schedule()` for endpoints x prompt characters, with the built-in default
   configuration and the recommended one (`overhead.scheduling`);
 - `proxy`: requests/s, latency and router CPU µs per request through `kvroute router --mode proxy` (and the peers
-  named in `--routers`) in front of instant backends, at concurrency 1 and 32 (`overhead.proxy`);
+  named in `--routers`) in front of instant backends, at concurrency 1 and 32 (`overhead.proxy`); kvroute once per
+  `--kvroute-workers` value (its `--workers`, default 1 and 2);
 - `memory`: bytes per prefix-index entry (`overhead.memory`);
 - `scrape`: metrics collection at 16, 256 and 1,024 endpoints served by one process on loopback addresses: CPU µs
   per scrape, scrapes/s per endpoint, the age of the metrics of endpoints requests go to, the serving loop's lag
@@ -65,6 +66,12 @@ def register(sub: Any) -> None:
     add("--budget", type=positive(float), default=1.0, help="scheduling: seconds of timed calls per cell (default 1)")
     add("--routers", type=names(ROUTERS), default=ROUTERS, help=f"proxy: routers (default {','.join(ROUTERS)})")
     add("--concurrency", type=_counts, default=(1, 32), help="proxy: concurrencies (default 1,32)")
+    add(
+        "--kvroute-workers",
+        type=_counts,
+        default=(1, 2),
+        help="proxy: kvroute's --workers values, each measured (default 1,2)",
+    )
     add("--requests", type=_counts, default=(2000, 10000), help="proxy: requests per concurrency (default 2000,10000)")
     add("--warmup", type=int, default=500, help="proxy: warm-up requests at concurrency 32 (default 500)")
     add(
@@ -109,7 +116,7 @@ def proxy_table(runs: Sequence[ProxyRun]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
-        label = f"{r.name} {r.version}".strip()
+        label = f"{r.name} {r.version}".strip() + (f" --workers {r.processes}" if r.processes > 1 else "")
         if r.requests == 0:
             error = " ".join((r.error or "").split()).replace("|", "/")[:160]
             lines.append(f"| {label} |" + " — |" * 8 + f" did not run: {error} |")
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             requests=args.requests,
             warmup=args.warmup,
             idle=args.idle,
+            kvroute_workers=args.kvroute_workers,
         )
         with tempfile.TemporaryDirectory(prefix="kvroute-bench-overhead-") as tmp:
             config = Path(tmp) / "kvroute.yaml"

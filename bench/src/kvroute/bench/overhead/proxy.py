@@ -24,8 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 from kvroute.bench.live.cpu import session_cpu_seconds
-from kvroute.bench.live.routers import RouterSite, RouterUnavailable, router_process, version, wait_ready
+from kvroute.bench.live.routers import KVROUTE, RouterSite, RouterUnavailable, router_process, version, wait_ready
 from kvroute.bench.overhead.httpload import LoadResult, post, run_load
 from kvroute.bench.processes import ManagedProcess, ProcessGroup, loopback
 
@@ -48,6 +50,7 @@ class ProxyRun:
     cpu_percent: float | None  # the router's CPU over the run, % of one core
     idle_cpu_percent: float | None
     error: str | None = None
+    processes: int = 1  # kvroute's router workers (`--workers`)
 
 
 def backend(host: str, port: int) -> ManagedProcess:
@@ -76,7 +79,13 @@ def _percentile_us(values: Sequence[float], q: int) -> float:
 
 
 def _run(
-    name: str, concurrency: int, load: LoadResult, cpu: float | None, idle: float | None, release: str
+    name: str,
+    concurrency: int,
+    load: LoadResult,
+    cpu: float | None,
+    idle: float | None,
+    release: str,
+    processes: int = 1,
 ) -> ProxyRun:
     answered = len(load.latencies)
     return ProxyRun(
@@ -92,6 +101,7 @@ def _run(
         cpu_percent=cpu * 100 / load.elapsed if cpu is not None and load.elapsed else None,
         idle_cpu_percent=idle,
         error=load.first_error,
+        processes=processes,
     )
 
 
@@ -107,17 +117,26 @@ class ProxySettings:
     warmup: int = 500
     idle: float = 2.0
     start_timeout: float = 60.0
+    kvroute_workers: tuple[int, ...] = (1,)  # kvroute is measured once per value of `--workers`
 
 
 async def _measure_router(
-    name: str, site: RouterSite, workers: list[str], payloads: list[bytes], settings: ProxySettings, config: Path
+    name: str,
+    site: RouterSite,
+    workers: list[str],
+    payloads: list[bytes],
+    settings: ProxySettings,
+    config: Path,
+    processes: int = 1,
 ) -> list[ProxyRun]:
     release = version(name)
     process: ManagedProcess | None = None
     try:
-        process = router_process(name, site, workers, config)
+        process = router_process(name, site, workers, config, processes)
         process.start()
         await wait_ready(name, process, site, len(workers), settings.start_timeout)
+        if processes > 1:
+            await wait_workers(site, processes, settings.start_timeout)
         assert process.popen is not None
         pid = process.popen.pid
         before = session_cpu_seconds(pid)
@@ -128,12 +147,13 @@ async def _measure_router(
         for concurrency, total in zip(settings.concurrencies, settings.requests, strict=True):
             before = session_cpu_seconds(pid)
             load = await run_load(site.host, site.port, payloads, total=total, concurrency=concurrency)
-            runs.append(_run(name, concurrency, load, session_cpu_seconds(pid) - before, idle, release))
+            cpu = session_cpu_seconds(pid) - before
+            runs.append(_run(name, concurrency, load, cpu, idle, release, processes))
         return runs
     except (RouterUnavailable, RuntimeError, TimeoutError, OSError) as exc:
         nan = float("nan")
         error = f"{type(exc).__name__}: {exc}"
-        return [ProxyRun(name, release, 0, 0, 0, nan, nan, nan, None, None, None, error)]
+        return [ProxyRun(name, release, 0, 0, 0, nan, nan, nan, None, None, None, error, processes)]
     finally:
         if process is not None:
             process.stop()
@@ -150,10 +170,31 @@ async def run_proxy(settings: ProxySettings, config: Path) -> list[ProxyRun]:
         for concurrency, total in zip(settings.concurrencies, settings.requests, strict=True):
             load = await run_load(hosts[0], settings.backend_port, payloads, total=total, concurrency=concurrency)
             runs.append(_run(DIRECT, concurrency, load, None, None, ""))
-        for index, name in enumerate(settings.routers):
+        cases = [
+            (name, processes)
+            for name in settings.routers
+            for processes in (settings.kvroute_workers if name == KVROUTE else (1,))
+        ]
+        for index, (name, processes) in enumerate(cases):
             site = RouterSite(settings.router_host, settings.router_port + index, settings.router_port + 10 + index)
             payloads = [post(site.host, site.port, "/v1/completions", b) for b in bodies(1000)]
             started = time.monotonic()
-            runs += await _measure_router(name, site, workers, payloads, settings, config)
-            print(f"{name}: measured in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+            runs += await _measure_router(name, site, workers, payloads, settings, config, processes)
+            label = name if processes == 1 else f"{name} --workers {processes}"
+            print(f"{label}: measured in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
     return runs
+
+
+async def wait_workers(site: RouterSite, processes: int, timeout: float) -> None:
+    """Until kvroute's merged metrics page counts `processes` workers (each worker answers on the shared port)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{site.base_url}/metrics") as response:
+                    if f"kvroute_router_workers {processes:.1f}" in await response.text():
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"kvroute did not run {processes} workers within {timeout:g}s")

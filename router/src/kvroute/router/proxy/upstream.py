@@ -105,10 +105,13 @@ class UpstreamSettings:
 def create_session(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 ) -> aiohttp.ClientSession:
-    """`idle_timeout` 0 means no bound on the upstream's silence."""
+    """`idle_timeout` 0 means no bound on the upstream's silence. Cookies a model server sets are relayed to the
+    client, never kept: they belong to that client, not to the requests of others."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_TIMEOUT)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout or None, sock_read=idle_timeout or None)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 class Unreachable(Exception):

@@ -53,17 +53,21 @@ class Admission:
         self._objectives: Mapping[str, int] = MappingProxyType(dict(objectives))
         self._default_priority = default_priority
 
-    def objective_for(self, headers: Mapping[str, str]) -> str | None:
-        """The objective named by the request's headers (matched case-insensitively), or None."""
+    def objective_for(self, headers: Mapping[str, str], *, lower_case: bool = False) -> str | None:
+        """The objective named by the request's headers (matched case-insensitively; `lower_case`: every name in
+        `headers` is lower case already), or None."""
         value = headers.get(OBJECTIVE_HEADER)
-        if value is None:
+        if value is None and not lower_case:
             value = next((v for k, v in headers.items() if k.lower() == OBJECTIVE_HEADER), None)
         if value is None:
             return None
         return value.strip() or None
 
     def priority_for(self, headers: Mapping[str, str]) -> int:
-        objective = self.objective_for(headers)
+        return self.priority_of(self.objective_for(headers))
+
+    def priority_of(self, objective: str | None) -> int:
+        """The priority of requests naming `objective` (None: none named)."""
         if objective is None:
             return self._default_priority
         if self._provider is not None:

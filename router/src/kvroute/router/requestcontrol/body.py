@@ -108,6 +108,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one for all: `json.loads` would build one per call
+
+
 def decode_json(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or `RequestError(400)`."""
     try:
@@ -115,7 +118,7 @@ def decode_json(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})", "invalid_utf8") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         message = f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise bad_request(message, "invalid_json") from None

@@ -245,6 +245,7 @@ class Director:
         request_id = cleaned.get(REQUEST_ID_HEADER)
         if request_id is None or not valid_request_id(request_id):
             request_id = _new_request_id()
+        objective = admission.objective_for(cleaned, lower_case=True)
         request = LLMRequest(
             request_id=request_id,
             model=parsed.model,
@@ -252,10 +253,10 @@ class Director:
             prompt=parsed.prompt,
             body=parsed.body,
             headers=cleaned,
-            priority=admission.priority_for(cleaned),
+            priority=admission.priority_of(objective),
             stream=parsed.stream,
             cache_hit_threshold=parsed.cache_hit_threshold,
-            objective=admission.objective_for(cleaned),
+            objective=objective,
         )
         candidates = self.candidates(subset)
         try:
