@@ -39,10 +39,11 @@ from kvroute.bench.overhead.scheduling import ENDPOINT_COUNTS, PROMPT_CHARS, Cel
 from kvroute.bench.overhead.scrape import ENDPOINT_COUNTS as SCRAPE_COUNTS
 from kvroute.bench.overhead.scrape import ScrapeRow
 from kvroute.bench.overhead.scrape import run as run_scrape
+from kvroute.bench.overhead.stacks import run_stacks, stacks_table
 from kvroute.router.config.recommended import recommended_config_text
 
 PARTS = ("scheduling", "proxy", "memory")
-ALL_PARTS = (*PARTS, "scrape")
+ALL_PARTS = (*PARTS, "scrape", "stacks")
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -87,6 +88,7 @@ def register(sub: Any) -> None:
     add("--scrape-seconds", type=positive(float), default=5.0, help="scrape: seconds measured per row (default 5)")
     add("--scrape-port", type=port, default=18500, help="scrape: the exposition server's port (default 18500)")
     add("--exposition", type=Path, help="scrape: serve this exposition (default: the simulator's vLLM 0.34 one)")
+    add("--stack-requests", type=positive(int), default=20_000, help="stacks: requests per stack (default 20000)")
     add("--json", help="also write the numbers to this file")
     parser.set_defaults(run=run, parser=parser)
 
@@ -213,6 +215,12 @@ def run(args: argparse.Namespace) -> int:
         print(scrape_table(scrape) + "\n")
         document["scrape"] = _jsonable(scrape)
         failed = failed or any(r.error is not None for r in scrape)
+    if "stacks" in args.parts:
+        stacks = asyncio.run(run_stacks(requests=args.stack_requests))
+        print("HTTP stacks alone: a server answering at once, a client against an instant backend, concurrency 32\n")
+        print(stacks_table(stacks) + "\n")
+        document["stacks"] = _jsonable(stacks)
+        failed = failed or any(r.error is not None for r in stacks)
     document["machine"]["load_after"] = load_average()
     print(
         f"load average before {document['machine']['load_before']}, after {document['machine']['load_after']} "

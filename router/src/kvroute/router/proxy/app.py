@@ -260,8 +260,14 @@ def build_app(
     """The proxy application; `session` is the one upstream HTTP seam (its owner closes it), `upstream` the
     timeouts and retries of the requests sent through it; `body_timeout` the seconds a client has to send a
     request body. `/metrics` serves the metrics of the Director's ledger (none without)."""
-    handlers = ProxyHandlers(director, Upstream(session, upstream), body_timeout)
+    forward = Upstream(session, upstream)
+    handlers = ProxyHandlers(director, forward, body_timeout)
     app = web.Application(client_max_size=director.max_body_bytes, middlewares=[json_errors])
+
+    async def close_upstream(app: web.Application) -> None:
+        await forward.close()
+
+    app.on_cleanup.append(close_upstream)
     add = app.router.add_route
     add("POST", "/v1/completions", handlers.completions)
     add("POST", "/v1/chat/completions", handlers.chat_completions)

@@ -24,9 +24,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from kvroute.router.framework import DisaggregationPlan, Endpoint
+from kvroute.router.proxy.client import UpstreamResponse
 from kvroute.router.proxy.sse import peek_finish_reason
 from kvroute.router.proxy.upstream import Upstream, request_headers
 from kvroute.router.requestcontrol import prefill
@@ -43,7 +42,7 @@ class Opened:
     """The upstream answer to send to the client; `head` holds body bytes already read from it, to send first."""
 
     endpoint: Endpoint
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     head: list[bytes] = field(default_factory=list)
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
-
+from kvroute.router.proxy.client import UpstreamResponse
 from kvroute.router.requestcontrol.response import SSEBuffer, chunk_tokens, finish_reason_of, load_json
 
 PEEK_LIMIT_BYTES = 256 * 1024
 _DONE = b"[DONE]"
 
 
-async def peek_finish_reason(response: aiohttp.ClientResponse) -> tuple[str | None, list[bytes]]:
+async def peek_finish_reason(response: UpstreamResponse) -> tuple[str | None, list[bytes]]:
     """Reads `response` up to its first event with text or a finish reason (or an error event, `[DONE]`, the end
     of the body, `PEEK_LIMIT_BYTES`); returns that event's finish reason (None when there is none) and the chunks
     read, which the caller sends on before the rest of the stream."""

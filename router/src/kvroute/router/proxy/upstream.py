@@ -1,9 +1,10 @@
-"""The proxy's one seam to the model servers: a shared `aiohttp.ClientSession` and the attempt/retry rule.
+"""The proxy's seam to the model servers: the forwarding client, a shared `aiohttp.ClientSession`, and the
+attempt/retry rule.
 
-The session keeps connections alive (`keepalive_timeout` below the 5 s idle timeout of uvicorn, which vLLM
-serves with, so the router closes an idle connection before the server does) and has no connection cap
-(`limit=0`). aiohttp sets TCP_NODELAY on every connection, so a small SSE chunk is never held back by Nagle's
-algorithm. Bodies pass through undecoded (`auto_decompress=False`), and the client's `Accept-Encoding` is not
+Requests are forwarded with `client.UpstreamClient` (keep-alive connections, `KEEPALIVE_TIMEOUT` below the 5 s
+idle timeout of uvicorn, which vLLM serves with, so the router closes an idle connection before the server does;
+no connection cap; TCP_NODELAY, so a small SSE chunk is never held back by Nagle's algorithm). The session serves
+the rest (`/v1/models`, a P/D prefill). Bodies pass through undecoded, and the client's `Accept-Encoding` is not
 forwarded, so the usage the Director reads arrives uncompressed.
 
 Timeouts (`UpstreamSettings`, docs/resilience.md): connecting is bounded (`connect_timeout`); a streamed request
@@ -36,6 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from kvroute.router.framework import Endpoint
+from kvroute.router.proxy.client import UpstreamClient, UpstreamResponse
 from kvroute.router.requestcontrol.handle import RequestHandle
 
 # RFC 9110 §7.6.1 connection-specific fields, plus what the proxy sets itself.
@@ -56,9 +58,6 @@ HOP_BY_HOP = frozenset(
 # aiohttp has already decoded a compressed request body, so `Content-Encoding` no longer applies to it.
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "content-encoding", "accept-encoding", "expect"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length"}
-
-# aiohttp would otherwise ask for gzip itself.
-_NO_AUTO_HEADERS = ("Accept-Encoding",)
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_FIRST_BYTE_TIMEOUT = 30.0
@@ -155,10 +154,15 @@ class Upstream:
         settings: UpstreamSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """Owns a forwarding client (`close` closes it); `session` stays its owner's."""
         self.session = session
-        self.settings = settings or UpstreamSettings()
+        self.settings = settings = settings or UpstreamSettings()
+        self.client = UpstreamClient(settings.connect_timeout, KEEPALIVE_TIMEOUT)
         self._rng = rng or random.Random()
         self._urls: dict[tuple[str, str], URL] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
 
     def url(self, endpoint: Endpoint, path: str) -> URL:
         """The endpoint's URL for `path` (a route of the proxy, so the cache stays small)."""
@@ -180,22 +184,21 @@ class Upstream:
         *,
         deadline: float | None = None,
         first_byte: bool = False,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """One attempt; the status line and headers have arrived when it returns. Raises
         `aiohttp.ClientConnectionError` (or `TimeoutError`) when nothing came back, `aiohttp.SocketTimeoutError`
         when the endpoint took the request and then stayed silent for the idle timeout, `TimeoutError` when
         `first_byte` is set and the status line took longer than the first-byte timeout, or the request passed its
         `deadline` (a `time.perf_counter()`); the deadline also bounds reading the response."""
         settings = self.settings
-        timeout = None
-        if deadline is not None:
-            timeout = aiohttp.ClientTimeout(
-                total=max(deadline - time.perf_counter(), 0.001),
-                sock_connect=settings.connect_timeout or None,
-                sock_read=settings.idle_timeout or None,
-            )
-        send = self.session.post(
-            self.url(endpoint, path), data=body, headers=headers, skip_auto_headers=_NO_AUTO_HEADERS, timeout=timeout
+        send = self.client.post(
+            endpoint.address,
+            endpoint.port,
+            path,
+            body,
+            headers,
+            idle_timeout=settings.idle_timeout or None,
+            deadline=deadline,
         )
         if first_byte and settings.first_byte_timeout:
             async with asyncio.timeout(settings.first_byte_timeout):
@@ -209,7 +212,7 @@ class Upstream:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
-    ) -> tuple[Endpoint, aiohttp.ClientResponse]:
+    ) -> tuple[Endpoint, UpstreamResponse]:
         """Sends to the endpoints in order until one answers as the retry rule accepts, telling the handle about
         every attempt; raises `Unreachable` when none did. The total timeout counts from the request's start."""
         policy, total = self.settings.retry, self.settings.total_timeout
