@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from kvroute.router.observability.histogram import LoopHistogram
 
 # From 50 µs (a cache-only pick on a small pool) to 100 ms (something is badly wrong).
 SCHEDULER_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -27,7 +29,7 @@ RATIO_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-M = TypeVar("M", Counter, Gauge, Histogram)
+M = TypeVar("M", Counter, Gauge)
 
 
 class _Children(Generic[M]):
@@ -60,13 +62,13 @@ class RouterMetrics:
         self.gather: Callable[[], Awaitable[bytes]] | None = None
         self.registry = CollectorRegistry()
         r = self.registry
-        self.scheduler_duration = Histogram(
+        self.scheduler_duration = LoopHistogram(
             "kvroute_scheduler_duration_seconds",
             "End-to-end time of one scheduling cycle.",
             buckets=SCHEDULER_BUCKETS,
             registry=r,
         )
-        self.plugin_duration = Histogram(
+        self.plugin_duration = LoopHistogram(
             "kvroute_scheduler_plugin_duration_seconds",
             "Time of one call of one plugin at one extension point.",
             ["extension_point", "plugin_type", "plugin_name"],
@@ -91,20 +93,20 @@ class RouterMetrics:
         self.in_flight = Gauge(
             "kvroute_requests_in_flight", "Requests forwarded and not yet complete.", ["endpoint"], registry=r
         )
-        self.prefix_hit_ratio = Histogram(
+        self.prefix_hit_ratio = LoopHistogram(
             "kvroute_prefix_hit_ratio",
             "Fraction of the prompt's prefix blocks found on the picked endpoint.",
             buckets=RATIO_BUCKETS,
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "kvroute_request_duration_seconds",
             "Time from receiving a request to the end of its response.",
             ["api"],
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
-        self.metrics_age = Histogram(
+        self.metrics_age = LoopHistogram(
             "kvroute_endpoint_metrics_age_seconds",
             "Age of the scraped metrics of the endpoint a request was scheduled to, at the decision.",
             buckets=AGE_BUCKETS,
@@ -169,7 +171,6 @@ class RouterMetrics:
         self._breaker_state = _Children(self.breaker_state)
         self._ejections = _Children(self.ejections)
         self._upstream_retries = _Children(self.upstream_retries)
-        self._plugin_duration = _Children(self.plugin_duration)
         self._preparation_failures = _Children(self.preparation_failures)
         self._kv_events = _Children(self.kv_events)
         self._kv_index_entries = _Children(self.kv_index_entries)
@@ -177,14 +178,13 @@ class RouterMetrics:
         self._scheduler_errors = _Children(self.scheduler_errors)
         self._requests = _Children(self.requests)
         self._in_flight = _Children(self.in_flight)
-        self._request_duration = _Children(self.request_duration)
         self._config_reloads = _Children(self.config_reloads)
 
     # Scheduler (structurally a `kvroute.router.scheduling.SchedulerMetrics`).
 
     def plugin_observer(self, extension_point: str, plugin_type: str, plugin_name: str) -> Callable[[float], None]:
         """The `observe` of one plugin's latency histogram, for a runner to bind once and call per plugin call."""
-        return self._plugin_duration.get(extension_point, plugin_type, plugin_name).observe
+        return self.plugin_duration.labels(extension_point, plugin_type, plugin_name).observe
 
     def observe_scheduling(self, seconds: float) -> None:
         self.scheduler_duration.observe(seconds)
@@ -199,7 +199,7 @@ class RouterMetrics:
 
     def record_request(self, api: str, code: int, seconds: float) -> None:
         self._requests.get(api, str(code)).inc()
-        self._request_duration.get(api).observe(seconds)
+        self.request_duration.labels(api).observe(seconds)
 
     def in_flight_gauge(self, endpoint: str) -> Gauge:
         """The in-flight gauge of one endpoint (`inc()` when forwarding, `dec()` on completion)."""
