@@ -238,17 +238,28 @@ class FleetTransport:
     async def _receive_loop(self) -> None:
         sub = self._sub
         assert sub is not None
+        # Wait on the asyncio socket, then drain what is queued through a plain socket sharing it: one wake-up
+        # per burst of batches, not one future per batch.
+        plain: zmq.Socket[bytes] = zmq.Socket.shadow(sub.underlying)
         while True:
-            frames = await sub.recv_multipart()
-            if len(frames) != 1:
-                self._malformed(f"a message of {len(frames)} frames")
-                continue
-            try:
-                self.sync.receive(frames[0], self._clock())
-            except ValueError as exc:
-                self._malformed(str(exc))
-            except Exception:
-                log.exception("fleet sync: applying a peer's batch failed")
+            await sub.poll()  # readable
+            while True:
+                try:
+                    frames = plain.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._apply(frames)
+
+    def _apply(self, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._malformed(f"a message of {len(frames)} frames")
+            return
+        try:
+            self.sync.receive(frames[0], self._clock())
+        except ValueError as exc:
+            self._malformed(str(exc))
+        except Exception:
+            log.exception("fleet sync: applying a peer's batch failed")
 
     def _malformed(self, what: str) -> None:
         self.malformed += 1
