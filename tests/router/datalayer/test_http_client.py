@@ -403,3 +403,52 @@ async def test_cancelling_a_get_closes_its_connection(aiohttp_server: Callable[.
     await asyncio.sleep(0.05)
 
     assert server.open_connections == 0
+
+
+async def test_answers_of_changing_lengths_and_framings_on_one_connection(
+    raw_server: Callable[[Answer], Awaitable[tuple[int, list[bytes]]]],
+) -> None:
+    # A head like the previous one is not parsed again: each answer must still be framed by its own head.
+    replies = [
+        Reply(ok(b"one")),
+        Reply(ok(b"one")),
+        Reply(ok(b"three")),
+        Reply(ok(b"four"), fragmented=True),
+        Reply(CHUNKED + b"4\r\nfive\r\n0\r\n\r\n"),
+        Reply(CHUNKED + b"3\r\nsix\r\n0\r\n\r\n"),
+        Reply(ok(b"seven")),
+    ]
+    port, seen = await raw_server(lambda n, request: replies[len(seen) - 1])
+    getter = HttpGetter(HOST, port, "/metrics", max_body_bytes=100)
+
+    bodies = [await getter.get(1.0) for _ in replies]
+    await getter.aclose()
+
+    assert bodies == [b"one", b"one", b"three", b"four", b"five", b"six", b"seven"]
+    assert len(seen) == len(replies)  # all on the first connection
+
+
+async def test_a_get_without_timeout_waits_until_the_caller_closes_it(
+    aiohttp_server: Callable[..., Awaitable[AiohttpServer]],
+) -> None:
+    delays = [0.5, 0.0]
+
+    async def metrics(request: web.Request) -> web.Response:
+        await asyncio.sleep(delays.pop(0))
+        return web.Response(body=BODY)
+
+    server = await aiohttp_server(metrics)
+    getter = server.getter()
+    outcomes: list[object] = []
+
+    getter.start_get(None, outcomes.append)
+    await asyncio.sleep(0.2)
+    assert getter.busy and outcomes == []
+    getter.close()
+    await asyncio.sleep(0.5)  # the late answer arrives on a connection that is gone
+
+    assert outcomes == []
+    assert not getter.busy
+    assert await getter.get(1.0) == BODY
+    await getter.aclose()
+    assert len(set(server.peers)) == 2

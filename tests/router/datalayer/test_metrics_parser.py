@@ -5,6 +5,7 @@ import math
 import time
 from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -12,7 +13,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from kvroute.router.datalayer.metrics_parser import ENGINES, EngineSpec, ParsedMetrics, parse_metrics
+from kvroute.router.datalayer import metrics_parser
+from kvroute.router.datalayer.metrics_parser import ENGINES, EngineSpec, ExpositionReader, ParsedMetrics, parse_metrics
 from kvroute.router.framework import EndpointMetrics, LoraInfo
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -376,3 +378,68 @@ def test_scanner_is_much_faster_than_the_full_parser() -> None:
     full = best_of(5, lambda: list(text_string_to_metric_families(text)))
 
     assert ours * 20 < full, f"scanner {ours * 1e3:.3f} ms vs full parser {full * 1e3:.3f} ms"
+
+
+def test_the_body_is_read_as_bytes_with_the_same_result_as_its_text() -> None:
+    for text, engine in ((VLLM_EXPOSITION, "vllm"), (SGLANG_EXPOSITION, "sglang"), (TRTLLM_EXPOSITION, "trtllm")):
+        assert parse_metrics(text.encode(), ENGINES[engine]) == parse_metrics(text, ENGINES[engine])
+
+
+def test_label_text_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    body = b'vllm:lora_requests_info{max_lora="1",running_lora_adapters="caf\xe9",waiting_lora_adapters=""} 1\n'
+
+    assert parse_metrics(body, ENGINES["vllm"]).lora == LoraInfo(max_loras=1, running=("caf\ufffd",))
+
+
+class _CountingParse:
+    """Stands in for `parse_metrics` and counts the bodies it was given."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def __call__(self, body: bytes, engine: EngineSpec) -> ParsedMetrics:
+        self.bodies.append(body)
+        return parse_metrics(body, engine)
+
+
+@pytest.fixture
+def counting_parse(monkeypatch: pytest.MonkeyPatch) -> _CountingParse:
+    counting = _CountingParse()
+    monkeypatch.setattr(metrics_parser, "parse_metrics", counting)
+    return counting
+
+
+def test_a_body_identical_to_the_previous_one_is_not_parsed_again(counting_parse: _CountingParse) -> None:
+    reader = ExpositionReader()
+    body = VLLM_EXPOSITION.encode()
+
+    first = reader.read(body, ENGINES["vllm"])
+    again = reader.read(bytes(bytearray(body)), ENGINES["vllm"])  # equal bytes, another object
+
+    assert again is first
+    assert first == parse_metrics(VLLM_EXPOSITION, ENGINES["vllm"])
+    assert len(counting_parse.bodies) == 1
+
+
+def test_a_body_differing_in_one_gauge_value_is_parsed_again(counting_parse: _CountingParse) -> None:
+    reader = ExpositionReader()
+    body = VLLM_EXPOSITION.encode()
+    changed = body.replace(b'model_name="' + MODEL.encode() + b'"} 4.0', b'model_name="' + MODEL.encode() + b'"} 5.0')
+    assert len(changed) == len(body) and changed != body
+
+    before = reader.read(body, ENGINES["vllm"])
+    after = reader.read(changed, ENGINES["vllm"])
+    back = reader.read(body, ENGINES["vllm"])
+
+    assert (before.waiting, after.waiting, back.waiting) == (4, 5, 4)
+    assert after == dataclasses.replace(before, waiting=5)
+    assert len(counting_parse.bodies) == 3
+
+
+def test_the_same_body_read_for_another_engine_is_parsed_again(counting_parse: _CountingParse) -> None:
+    reader = ExpositionReader()
+    body = SGLANG_EXPOSITION.encode()
+
+    assert not reader.read(body, ENGINES["vllm"]).has_load
+    assert reader.read(body, ENGINES["sglang"]).running == 7
+    assert len(counting_parse.bodies) == 2

@@ -352,3 +352,61 @@ async def test_scraping_runs_off_the_serving_loop(servers: list[FakeModelServer]
 
     assert original is Endpoint.__dict__["metrics"]
     assert threads == [scraper_thread] != [threading.get_ident()]
+
+
+async def test_an_unchanged_body_keeps_the_metrics_fresh_and_a_changed_gauge_is_read(
+    servers: list[FakeModelServer],
+) -> None:
+    endpoint = servers[0].endpoint()
+    pool = EndpointPool([endpoint])
+
+    async with MetricsScraper(pool, interval=0.02, slow_factor=1):
+        await eventually(lambda: not endpoint.metrics.stale)
+        first = endpoint.metrics
+        await eventually(lambda: servers[0].requests >= 5)
+        later = endpoint.metrics
+        servers[0].body = VLLM_BODY.replace("0.25", "0.75")
+        await eventually(lambda: endpoint.metrics.kv_usage == 0.75)
+        changed = endpoint.metrics
+
+    assert later.scraped_at > first.scraped_at and not later.stale  # the same body, scraped again
+    assert (later.waiting, later.running, later.kv_usage, later.num_gpu_blocks) == (3, 5, 0.25, 1000)
+    assert (changed.waiting, changed.running, changed.num_gpu_blocks) == (3, 5, 1000)
+
+
+async def test_a_slow_endpoint_times_out_without_holding_up_the_others(servers: list[FakeModelServer]) -> None:
+    slow, fast = servers[0], servers[1]
+    pool = EndpointPool([slow.endpoint(), fast.endpoint()])
+    slow_endpoint, fast_endpoint = pool.snapshot()
+
+    async with MetricsScraper(pool, interval=0.02, timeout=0.1, slow_factor=1):
+        await eventually(lambda: not slow_endpoint.metrics.stale and not fast_endpoint.metrics.stale)
+        slow.delay = 0.3
+        took = await time_until(lambda: slow_endpoint.metrics.stale, timeout=1.0)
+        fast_before = fast.requests
+        await asyncio.sleep(0.3)
+        fast_during = fast.requests - fast_before
+        fresh_fast = time.monotonic() - fast_endpoint.metrics.scraped_at
+        slow.delay = 0.0
+        await eventually(lambda: not slow_endpoint.metrics.stale)
+
+    assert took < 0.3  # the next attempt, 20 ms later, times out after 100 ms
+    assert fast_during >= 5  # every 20 ms, minus a loaded machine's late timers
+    assert fresh_fast < 0.1
+    assert len(slow.peers) >= 2  # a timed-out scrape's connection is not used again
+
+
+async def test_hints_for_one_endpoint_a_moment_apart_wake_the_scraper_once(
+    servers: list[FakeModelServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = servers[0].endpoint()
+    routed: list[str] = []
+    monkeypatch.setattr(Poller, "routed", lambda self, endpoint_id: routed.append(endpoint_id))
+    async with MetricsScraper(EndpointPool([endpoint]), interval=0.4, timeout=0.2, staleness=2.0) as scraper:
+        for _ in range(50):  # a burst of requests to one endpoint, well within interval / 4
+            scraper.scrape_soon(endpoint.id)
+        await asyncio.sleep(0.15)  # past the gap: the next hint goes through
+        scraper.scrape_soon(endpoint.id)
+        await eventually(lambda: len(routed) == 2, 2.0)
+
+    assert routed == [endpoint.id, endpoint.id]

@@ -147,16 +147,19 @@ def memory_table(rows: Sequence[MemoryRow]) -> str:
 
 def scrape_table(rows: Sequence[ScrapeRow]) -> str:
     lines = [
-        "| endpoints | cadence | scrapes/s per endpoint | CPU µs/scrape | scraper thread CPU % | serving thread CPU % "
-        "| age p50 / p99 ms (requested endpoints) | serving loop lag p99 ms | off the serving loop |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| endpoints | bodies | cadence | scrapes/s per endpoint | CPU µs/scrape | scraper thread CPU % "
+        "| serving thread CPU % | age p50 / p99 ms (requested endpoints) | serving loop lag p99 ms "
+        "| off the serving loop |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
+        bodies = f"changing ({r.changing:.0%})" if r.changing else "unchanged"
         if r.error is not None:
-            lines.append(f"| {r.endpoints:,} | {r.cadence} |" + " — |" * 6 + f" did not run: {r.error} |")
+            lines.append(f"| {r.endpoints:,} | {bodies} | {r.cadence} |" + " — |" * 6 + f" did not run: {r.error} |")
             continue
         lines.append(
-            f"| {r.endpoints:,} | {r.cadence} | {_f(r.scrapes_per_s_per_endpoint)} | {_f(r.cpu_us_per_scrape)} "
+            f"| {r.endpoints:,} | {bodies} | {r.cadence} | {_f(r.scrapes_per_s_per_endpoint)} "
+            f"| {_f(r.cpu_us_per_scrape)} "
             f"| {_f(r.scraper_cpu_percent)} | {_f(r.serving_cpu_percent)} | {_f(r.age_p50_ms)} / {_f(r.age_p99_ms)} "
             f"| {_f(r.loop_lag_p99_ms)} | {'yes' if r.separate_thread else 'no'} |"
         )

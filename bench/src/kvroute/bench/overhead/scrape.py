@@ -16,8 +16,10 @@ Reported per row: scrapes per second per endpoint; CPU µs per scrape (the scrap
 `CLOCK_THREAD_CPUTIME_ID`, over the scrapes that ended); the scraping thread's and the serving thread's CPU (%
 of one core, from `/proc/self/task/<tid>/stat`, 10 ms ticks); metrics age p50/p99 in ms; loop lag p99.
 `adaptive` is the shipped cadence (idle endpoints polled at up to 150 ms), `fixed` polls every endpoint every
-50 ms (slow factor 1), i.e. the cost of a pool whose every endpoint's load keeps changing. The exposition server
-and this process share the machine: look at the load average printed with the results.
+50 ms (slow factor 1). Each is measured twice: with every endpoint serving the same bytes on every request (an
+idle pool: the scraper reuses what it read from an unchanged body), and with every endpoint's load gauges
+changing on every request (`changing` = 1.0: each body is read in full, and the adaptive cadence stays at 50 ms).
+The exposition server and this process share the machine: look at the load average printed with the results.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ENDPOINT_COUNTS = (16, 256, 1024)
 INTERVAL = 0.05
 MAX_AGE = 0.2  # the default configuration's utilization-detector staleness
 CADENCES = {"adaptive": 8.0, "fixed": 1.0}
+CHANGING = (0.0, 1.0)  # fractions of the endpoints whose load gauges change on every request
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -65,6 +68,7 @@ class ScrapeRow:
     loop_lag_p99_ms: float
     separate_thread: bool
     error: str | None = None
+    changing: float = 0.0  # fraction of the endpoints whose bodies change on every request
 
 
 def _task_ticks(native_id: int) -> int:
@@ -87,8 +91,17 @@ async def _thread_time(loop: asyncio.AbstractEventLoop) -> float:
 
 
 async def measure(
-    count: int, port: int, seconds: float, slow_factor: float, *, rate: float = 100.0, hot: int = 32, seed: int = 0
+    count: int,
+    port: int,
+    seconds: float,
+    slow_factor: float,
+    *,
+    changing: float = 0.0,
+    rate: float = 100.0,
+    hot: int = 32,
+    seed: int = 0,
 ) -> ScrapeRow:
+    """One row against the exposition server running on `port` (which serves `changing`: it is only reported)."""
     pool = EndpointPool(Endpoint.create(host, port) for host in addresses(count))
     scraper = MetricsScraper(
         pool, interval=INTERVAL, timeout=1.0, staleness=2.0, max_age=MAX_AGE, slow_factor=slow_factor
@@ -103,7 +116,7 @@ async def measure(
         while any(e.metrics.stale for e in pool.snapshot()):
             if time.monotonic() > deadline:
                 fresh = sum(not e.metrics.stale for e in pool.snapshot())
-                return _failed(count, cadence, f"only {fresh} of {count} endpoints fresh after 30 s")
+                return _failed(count, cadence, changing, f"only {fresh} of {count} endpoints fresh after 30 s")
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
         serving_id = threading.get_native_id()
@@ -140,43 +153,57 @@ async def measure(
         age_samples=len(ages),
         loop_lag_p99_ms=1e3 * _percentile(lags, 0.99),
         separate_thread=thread.ident != threading.get_ident(),
+        changing=changing,
     )
 
 
-def _failed(count: int, cadence: str, error: str) -> ScrapeRow:
+def _failed(count: int, cadence: str, changing: float, error: str) -> ScrapeRow:
     nan = math.nan
-    return ScrapeRow(count, cadence, 0.0, nan, nan, nan, nan, nan, nan, 0, nan, True, error)
+    return ScrapeRow(count, cadence, 0.0, nan, nan, nan, nan, nan, nan, 0, nan, True, error, changing)
 
 
-def exposition_server(count: int, port: int, exposition: Path | None) -> ManagedProcess:
+def exposition_server(count: int, port: int, exposition: Path | None, changing: float = 0.0) -> ManagedProcess:
     argv = [sys.executable, "-m", "kvroute.bench.overhead.exposition", "--endpoints", str(count), "--port", str(port)]
     if exposition is not None:
         argv += ["--exposition", str(exposition)]
+    if changing:
+        argv += ["--changing", str(changing)]
     return ManagedProcess(f"exposition-{count}", argv, f"http://{addresses(1)[0]}:{port}/health")
 
 
 async def run_scrape(
-    counts: Sequence[int], port: int, seconds: float, exposition: Path | None = None
+    counts: Sequence[int],
+    port: int,
+    seconds: float,
+    exposition: Path | None = None,
+    changing: Sequence[float] = CHANGING,
 ) -> list[ScrapeRow]:
     raise_file_limit()
     rows: list[ScrapeRow] = []
     for count in counts:
-        server = exposition_server(count, port, exposition)
-        try:
-            server.start()
-            async with aiohttp.ClientSession() as session:
-                await server.wait_healthy(session, 60.0)
-            for factor in CADENCES.values():
-                rows.append(await measure(count, port, seconds, factor))
-        finally:
-            server.stop()
+        for fraction in changing:
+            server = exposition_server(count, port, exposition, fraction)
+            try:
+                server.start()
+                async with aiohttp.ClientSession() as session:
+                    await server.wait_healthy(session, 60.0)
+                for factor in CADENCES.values():
+                    rows.append(await measure(count, port, seconds, factor, changing=fraction))
+            finally:
+                server.stop()
     return rows
 
 
-def run(counts: Sequence[int], port: int, seconds: float, exposition: Path | None = None) -> list[ScrapeRow]:
+def run(
+    counts: Sequence[int],
+    port: int,
+    seconds: float,
+    exposition: Path | None = None,
+    changing: Sequence[float] = CHANGING,
+) -> list[ScrapeRow]:
     """`run_scrape` on a uvloop event loop (the router's), else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(run_scrape(counts, port, seconds, exposition))
-    return uvloop.run(run_scrape(counts, port, seconds, exposition))
+        return asyncio.run(run_scrape(counts, port, seconds, exposition, changing))
+    return uvloop.run(run_scrape(counts, port, seconds, exposition, changing))

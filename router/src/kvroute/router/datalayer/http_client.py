@@ -5,7 +5,10 @@ handling, a stream reader per response); at 20 scrapes per second per endpoint a
 scrape needs little of HTTP: one fixed request, and a 200 with a body. `HttpGetter` writes a request prebuilt as
 bytes on a persistent connection and parses the answer in the `asyncio.Protocol` callback that receives it, which
 hands the outcome straight to the caller's callback (`start_get`): no task, future or timeout context per GET, only
-a timer (`get` is the awaitable form, for callers that would rather await):
+a timer, or none when the caller bounds its GETs itself (`get` is the awaitable form, for callers that would
+rather await). Per GET that is one write and, usually, one read: an answer that arrives whole is taken from the
+bytes the read returned, and a head byte-identical to the connection's previous one (a server sends the same
+headers while the body keeps its length) is not parsed again. What is read of an answer:
 
 - the status line: any status but 200 fails the GET (redirects are not followed: a model server must not point
   the router at other hosts);
@@ -62,6 +65,8 @@ class _Connection(asyncio.Protocol):
         self._state = _DONE
         self._remaining = 0  # body or chunk bytes still expected
         self._keep_alive = True
+        self._head = b""  # the last head read well, and what it set: a server sends the same head again and again
+        self._framing = (_DONE, 0, True)
         self.answered = False  # a byte of the current response arrived
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -73,7 +78,6 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None and self._state == _DONE, "one request at a time"
         self._waiter = done
         self._state, self._keep_alive, self.answered = _HEAD, True, False
-        self._body = bytearray()
         self._transport.write(request)
 
     def close(self) -> None:
@@ -88,17 +92,30 @@ class _Connection(asyncio.Protocol):
             self.close()  # unsolicited bytes: the connection is out of step with its requests
             return
         self.answered = True
-        self._buffer += data
         try:
+            if self._state == _HEAD and not self._buffer:
+                # Usually the whole answer arrives in one read: then it is taken from `data` without a copy to the
+                # buffer and back.
+                end = data.find(b"\r\n\r\n")
+                if end != -1:
+                    self._parse_head(data[:end])
+                    if self._state == _LENGTH and len(data) - end - 4 == self._remaining:
+                        self._complete(data[end + 4 :])
+                        return
+                    data = data[end + 4 :]
+            self._buffer += data
             done = self._advance()
         except HttpError as exc:
             self._finish(exc)
             return
         if done:
-            # Bytes beyond the response would be read as the next one's beginning: such a connection is dropped.
-            if self._buffer or not self._keep_alive:
-                self.close()
-            self._finish(bytes(self._body))
+            self._complete(bytes(self._body))
+
+    def _complete(self, body: bytes) -> None:
+        # Bytes beyond the response would be read as the next one's beginning: such a connection is dropped.
+        if self._buffer or not self._keep_alive:
+            self.close()
+        self._finish(body)
 
     def eof_received(self) -> bool:
         if self._state == _UNTIL_CLOSE:
@@ -194,6 +211,15 @@ class _Connection(asyncio.Protocol):
         return False
 
     def _parse_head(self, head: bytes) -> None:
+        if head == self._head:
+            self._state, self._remaining, self._keep_alive = self._framing
+        else:
+            self._read_head(head)
+            self._head, self._framing = head, (self._state, self._remaining, self._keep_alive)
+        if self._state != _LENGTH:
+            self._body = bytearray()  # filled piece by piece
+
+    def _read_head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
         version, _, rest = lines[0].partition(b" ")
         status = rest[:3]
@@ -264,17 +290,19 @@ class HttpGetter:
         """A GET is in flight."""
         return self._done is not None
 
-    def start_get(self, timeout: float, done: Callable[[Outcome], None]) -> None:
+    def start_get(self, timeout: float | None, done: Callable[[Outcome], None]) -> None:
         """Start a GET; `done` is called once, later, on the running loop, with the body of a 200 answer or the
-        exception saying why there is none (`HttpError`, `OSError` for connection failures, `TimeoutError`)."""
+        exception saying why there is none (`HttpError`, `OSError` for connection failures, `TimeoutError`).
+        Without a `timeout` the caller bounds the GET itself, ending it with `close` (no callback follows)."""
         assert self._done is None, "one GET at a time"
         loop = self._loop = self._loop or asyncio.get_running_loop()
         self._done = done
-        self._timer = loop.call_later(timeout, self._timed_out)
+        if timeout is not None:
+            self._timer = loop.call_later(timeout, self._timed_out)
         connection = self._connection
         if connection is not None and connection.open:
             self._may_retry = True  # closed by the server as the request went out: once more, on a new connection
-            connection.exchange(self._request, self._answered)
+            connection.exchange(self._request, self._settle)
         else:
             self._connect_and_send(loop)
 
@@ -333,15 +361,7 @@ class HttpGetter:
             connection.close()
             return
         self._connection = connection
-        connection.exchange(self._request, self._answered)
-
-    def _answered(self, outcome: Outcome) -> None:
-        if self._may_retry and isinstance(outcome, _ClosedUnanswered) and self._done is not None:
-            self._connection = None
-            assert self._loop is not None
-            self._connect_and_send(self._loop)
-            return
-        self._settle(outcome)
+        connection.exchange(self._request, self._settle)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -352,6 +372,11 @@ class HttpGetter:
         if done is None:
             return
         if isinstance(outcome, BaseException):
+            if self._may_retry and isinstance(outcome, _ClosedUnanswered):
+                self._connection = None
+                assert self._loop is not None
+                self._connect_and_send(self._loop)
+                return
             self.close()  # so a late or partial answer is never read as the next one
         else:
             self._done = None

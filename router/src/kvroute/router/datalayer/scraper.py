@@ -1,12 +1,12 @@
 """Metrics collection off the serving loop: a thread of its own polls every endpoint's `/metrics`.
 
 `MetricsScraper.start()` starts the thread `kvroute-scraper`, which runs its own event loop (uvloop when
-installed) and, on it, a `poller.Poller`: one timer and one kept-alive connection per endpoint, the answer parsed
-in the protocol callback (`metrics_parser` reads only the families routing needs) and handed over by swapping the
-endpoint's `metrics` for a new `EndpointMetrics`. The serving loop never runs any of it; it pays for one
-`call_soon_threadsafe` per pool change and per batch of routing hints (`scrape_soon`, coalesced). Python threads
-share one interpreter lock: the scraper's parsing competes with the serving loop for it, its syscalls (most of a
-scrape) do not.
+installed) and, on it, a `poller.Poller`: one schedule of scrapes and one kept-alive connection per endpoint, the
+answer parsed in the protocol callback (`metrics_parser` reads only the families routing needs, and not at all
+when the body is the same as the endpoint's previous one) and handed over by swapping the endpoint's `metrics` for
+a new `EndpointMetrics`. The serving loop never runs any of it; it pays for one `call_soon_threadsafe` per pool
+change and per batch of routing hints (`scrape_soon`, coalesced). Python threads share one interpreter lock: the
+scraper's parsing competes with the serving loop for it, its syscalls do not.
 
 Cadence (`cadence.Cadence`): each endpoint is scraped every `interval` (start to start; a slow scrape delays the
 next one rather than letting them pile up) while its load changes or requests are routed to it (`hold` seconds
@@ -17,7 +17,8 @@ after the last), backing off to at most `slowest` while nothing changes:
 where `max_age` is the oldest metrics the router's plugins trust (the saturation detector's staleness, when it
 has one): an idle endpoint's metrics stay younger than that. `scrape_soon(endpoint_id)` (the Director calls it when
 it schedules a request to an endpoint) scrapes an endpoint polled slowly at once and puts it back on the fast
-cadence.
+cadence; hints for an endpoint within `interval / 4` of the last one passed on are dropped (under load, one in
+many requests wakes the scraper, not every one).
 
 Failure semantics (`poller`): a failed scrape keeps the last values and marks them `stale=True` at once. Metrics
 never look fresh for longer than `staleness` after the last good scrape: the next attempt ends (well or badly)
@@ -34,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -113,6 +116,8 @@ class MetricsScraper:
         self._unsubscribe: Callable[[], None] | None = None
         self._hints: deque[str] = deque()
         self._hint_pending = False
+        self._hinted: dict[str, float] = {}  # endpoint id -> when its last hint was passed on
+        self._hint_gap = interval / 4
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -174,6 +179,12 @@ class MetricsScraper:
         loop = self._loop
         if loop is None:
             return
+        now = time.monotonic()
+        if now - self._hinted.get(endpoint_id, -math.inf) < self._hint_gap:
+            return  # the last hint, a moment ago, already put it on the fast cadence
+        self._hinted[endpoint_id] = now
+        if len(self._hinted) > 4 * len(self._pool) + 64:
+            self._hinted.clear()  # endpoints that left the pool
         self._hints.append(endpoint_id)
         if not self._hint_pending:
             self._hint_pending = True
