@@ -95,8 +95,11 @@ class ProxyHandlers:
         try:
             intake = director.open(api, request.content_length)
             try:
-                async with asyncio.timeout(self.body_timeout):
+                if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
                     raw = await request.read()
+                else:
+                    async with asyncio.timeout(self.body_timeout):
+                        raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise intake.refuse() from None
             except TimeoutError:
