@@ -25,7 +25,8 @@ def test_defaults_cover_the_whole_grid_and_both_concurrencies() -> None:
 def test_bad_lists_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse("--parts", "scheduling,latency")
-    assert "choose among scheduling, proxy, memory, scrape, stacks (got 'scheduling,latency')" in capsys.readouterr().err
+    expected = "choose among scheduling, proxy, memory, scrape, stacks (got 'scheduling,latency')"
+    assert expected in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse("--endpoints", "16,0")
     assert "'16,0': every value must be at least 1" in capsys.readouterr().err
