@@ -209,3 +209,17 @@ async def test_a_port_in_use_fails_at_start_instead_of_being_shared(doors: Any, 
 
     with pytest.raises(RuntimeError, match="Failed to bind"):
         await ExtProcDoor(extproc_core.director, taken).start()
+
+
+async def test_doors_with_reuse_port_share_their_ports(doors: Any, extproc_core: RouterCore) -> None:
+    running = await doors(secure=False, reuse_port=True)
+    settings = running.door.settings
+    shared = dataclasses.replace(
+        settings, port=running.door.port, health_port=running.door.health_port, metrics_port=running.door.metrics_port
+    )
+    second = ExtProcDoor(extproc_core.director, shared)
+    await second.start()
+    try:
+        assert (second.port, second.health_port) == (running.door.port, running.door.health_port)
+    finally:
+        await second.stop()

@@ -96,10 +96,27 @@ class Conversation:
 
 
 async def drive(
-    address: str, pid: int, bodies: list[bytes], *, chunks: int, response_body: bool, total: int, concurrency: int
+    address: str,
+    pid: int,
+    bodies: list[bytes],
+    *,
+    chunks: int,
+    response_body: bool,
+    total: int,
+    concurrency: int,
+    root_certificate: bytes | None = None,
 ) -> DriveResult:
+    """With `root_certificate` the connection is TLS, the server's certificate verified against it (for
+    `localhost`, which kvroute's generated certificates name)."""
     conversation = Conversation(bodies, chunks, response_body)
-    async with grpc.aio.insecure_channel(address) as channel:
+    if root_certificate is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificate)
+        channel = grpc.aio.secure_channel(
+            address, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+    async with channel:
         for _ in range(50):
             await conversation.run(channel)
         remaining = itertools.count()

@@ -11,34 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from kvroute.router.extproc.calls import NOT_FOUND, Call, GrpcError, UnaryCall
 from kvroute.router.extproc.protocol import SERVICE_NAME
 
+CHECK = "/grpc.health.v1.Health/Check"
 LIVENESS = "liveness"
 READINESS = "readiness"
 _READY_SERVICES = frozenset({READINESS, SERVICE_NAME, ""})
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVING: bytes = health_pb2.HealthCheckResponse(status=SERVING).SerializeToString()
+_NOT_SERVING: bytes = health_pb2.HealthCheckResponse(status=NOT_SERVING).SerializeToString()
 
 
-class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+class HealthService:
     def __init__(self, not_ready_reason: Callable[[], str | None]) -> None:
         self._not_ready_reason = not_ready_reason
         self.stopping = False
 
-    async def Check(
-        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthCheckResponse:
-        service = request.service
+    def check(self, request: bytes) -> bytes:
+        """A serialised `HealthCheckRequest` to its serialised `HealthCheckResponse`."""
+        service = health_pb2.HealthCheckRequest.FromString(request).service
         if service == LIVENESS:
-            return health_pb2.HealthCheckResponse(status=SERVING)
+            return _SERVING
         if service in _READY_SERVICES:
             ready = not self.stopping and self._not_ready_reason() is None
-            return health_pb2.HealthCheckResponse(status=SERVING if ready else NOT_SERVING)
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service[:100]!r}")
-        raise AssertionError("abort returns only by raising")
+            return _SERVING if ready else _NOT_SERVING
+        raise GrpcError(NOT_FOUND, f"unknown service {service[:100]!r}")
 
-    def add_to(self, server: grpc.aio.Server) -> None:
-        health_pb2_grpc.add_HealthServicer_to_server(self, server)
+    def methods(self) -> dict[str, Callable[[], Call]]:
+        return {CHECK: lambda: UnaryCall(self.check)}

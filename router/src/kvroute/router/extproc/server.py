@@ -6,10 +6,14 @@
 - a plain gRPC health server (default 9003) for probes: `liveness`, `readiness`, the ext_proc service name;
 - Prometheus `/metrics` over HTTP (default 9090).
 
-Ports are bound without SO_REUSEPORT, so a second router on a taken port fails at start instead of silently
-sharing it. The largest gRPC message accepted is the body limit plus 1 MiB, so a BUFFERED body at the limit
-arrives whole and gets its 413 from the Director. `stop()` reports NOT_SERVING, then lets streams in flight
-finish for `shutdown_grace` seconds before cancelling them (each cancelled request still completes once).
+Both gRPC servers are `h2server.GrpcServer`s (gRPC on the h2 HTTP/2 stack), for their CPU per stream (docs/extproc.md,
+"gRPC servers compared").
+
+Ports are bound without SO_REUSEPORT unless `reuse_port` (the workers of one router), so a second router on a
+taken port fails at start instead of silently sharing it. The largest gRPC message accepted is the body limit
+plus 1 MiB, so a BUFFERED body at the limit arrives whole and gets its 413 from the Director. `stop()` reports
+NOT_SERVING, then lets streams in flight finish for `shutdown_grace` seconds before cancelling them (each
+cancelled request still completes once).
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
 from aiohttp import web
 
+from kvroute.router.extproc.h2server import GrpcServer
 from kvroute.router.extproc.health import HealthService
 from kvroute.router.extproc.processor import Processor, ResponseMode
 from kvroute.router.extproc.service import ExtProcService
-from kvroute.router.extproc.tls import server_credentials
+from kvroute.router.extproc.tls import server_context
 from kvroute.router.observability.page import metrics_page
 from kvroute.router.requestcontrol.director import Director
 
@@ -55,18 +59,8 @@ class ExtProcDoor:
         )
         self.health = HealthService(director.not_ready_reason)
         self.port = self.health_port = self.metrics_port = 0  # the ports bound, once started
-        self._servers: list[grpc.aio.Server] = []
+        self._servers: list[GrpcServer] = []
         self._metrics: web.AppRunner | None = None
-
-    def _server(self) -> grpc.aio.Server:
-        options = [
-            ("grpc.so_reuseport", int(self.settings.reuse_port)),
-            ("grpc.max_receive_message_length", self.director.max_body_bytes + 1024 * 1024),
-        ]
-        server = grpc.aio.server(options=options)
-        self.health.add_to(server)
-        self._servers.append(server)
-        return server
 
     async def start(self) -> None:
         try:
@@ -77,18 +71,16 @@ class ExtProcDoor:
 
     async def _start(self) -> None:
         settings = self.settings
-        main = self._server()
-        ExtProcService(self.processor).add_to(main)
-        address = f"{settings.host}:{settings.port}"
+        context = None
         if settings.secure_serving:
-            credentials = await asyncio.to_thread(server_credentials, settings.host, settings.cert_path)
-            self.port = main.add_secure_port(address, credentials)
-        else:
-            self.port = main.add_insecure_port(address)
-        health = self._server()
-        self.health_port = health.add_insecure_port(f"{settings.host}:{settings.health_port}")
-        for server in self._servers:
-            await server.start()
+            context = await asyncio.to_thread(server_context, settings.host, settings.cert_path)
+        methods = {**ExtProcService(self.processor).methods(), **self.health.methods()}
+        main = GrpcServer(methods, max_message_bytes=self.director.max_body_bytes + 1024 * 1024)
+        self._servers.append(main)
+        self.port = await main.start(settings.host, settings.port, context, reuse_port=settings.reuse_port)
+        health = GrpcServer(self.health.methods())
+        self._servers.append(health)
+        self.health_port = await health.start(settings.host, settings.health_port, reuse_port=settings.reuse_port)
         app = web.Application()
         metrics = self.director.ledger.metrics
         if metrics is not None:

@@ -1,56 +1,52 @@
 """The gRPC method `envoy.service.ext_proc.v3.ExternalProcessor/Process`: one bidirectional stream per HTTP
 request, each driven by an `Exchange`. When the configuration prepares requests (`Director.start` gives an
-awaitable), the exchange leaves the request pending and the service awaits its routing before reading the next
-message.
+awaitable), the exchange leaves the request pending and the server holds the next messages back until it is
+routed.
 
-The method is registered with a generic handler instead of the generated servicer so that its response
-serializer can take answers already serialised (`wire.serialize`). Whatever ends the stream (Envoy closing it,
-Envoy resetting it because the client went away, the server being stopped, or a bug) the `finally` closes the
-exchange, so the request's `on_response_complete` runs exactly once.
+Answers leave as bytes: the constant ones and relayed body chunks are already serialised (`wire`), the others
+are serialised here. Whatever ends the stream (Envoy closing it, Envoy resetting it because the client went away,
+the server being stopped, or a bug) the server closes the call, which closes the exchange, so the request's
+`on_response_complete` runs exactly once.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-
-import grpc
+from collections.abc import Awaitable, Callable, Sequence
 
 from kvroute.router.extproc import protocol, wire
+from kvroute.router.extproc.calls import Call
 from kvroute.router.extproc.exchange import Exchange
 from kvroute.router.extproc.processor import Processor
 
-log = logging.getLogger(__name__)
+PROCESS = f"/{protocol.SERVICE_NAME}/Process"
+
+
+def _serialized(answers: Sequence[wire.Answer]) -> Sequence[bytes]:
+    return [wire.serialize(answer) for answer in answers] if answers else ()
+
+
+class ExtProcCall(Call):
+    __slots__ = ("_exchange",)
+
+    def __init__(self, processor: Processor) -> None:
+        self._exchange = Exchange(processor)
+
+    def received(self, message: bytes) -> Sequence[bytes]:
+        return _serialized(self._exchange.handle_message(protocol.ProcessingRequest.FromString(message)))
+
+    def pending(self) -> Awaitable[Sequence[bytes]] | None:
+        return self._routed() if self._exchange.preparing else None
+
+    async def _routed(self) -> Sequence[bytes]:
+        return _serialized(await self._exchange.route_prepared())
+
+    def close(self) -> None:
+        self._exchange.close()
 
 
 class ExtProcService:
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
-    async def process(
-        self, messages: AsyncIterator[protocol.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[wire.Answer]:
-        exchange = Exchange(self.processor)
-        try:
-            async for message in messages:
-                for answer in exchange.handle_message(message):
-                    yield answer
-                if exchange.preparing:
-                    for answer in await exchange.route_prepared():
-                        yield answer
-        except Exception:
-            log.exception("ext_proc stream failed")
-            raise
-        finally:
-            exchange.close()
-
-    def add_to(self, server: grpc.aio.Server) -> None:
-        method = grpc.stream_stream_rpc_method_handler(
-            self.process,
-            request_deserializer=protocol.ProcessingRequest.FromString,
-            response_serializer=wire.serialize,
-        )
-        handlers = {"Process": method}
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(protocol.SERVICE_NAME, handlers),))
-        # Registered methods take the C core's fast path (no per-call lookup by name).
-        server.add_registered_method_handlers(protocol.SERVICE_NAME, handlers)
+    def methods(self) -> dict[str, Callable[[], Call]]:
+        return {PROCESS: lambda: ExtProcCall(self.processor)}

@@ -1,4 +1,5 @@
-"""The ext_proc server's TLS certificate: `tls.crt` and `tls.key` from `--cert-path`, or one generated at start.
+"""The ext_proc server's TLS: `tls.crt` and `tls.key` from `--cert-path`, or a certificate generated at start;
+TLS 1.2 or later, ALPN `h2` (gRPC).
 
 The generated certificate is self-signed (ECDSA P-256, valid for a year from an hour ago, so a clock slightly
 behind does not reject it), for `localhost`, the listen address and `kvroute-router`. Gateways talk to an
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
+import tempfile
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -66,6 +68,20 @@ def load(cert_path: str) -> tuple[bytes, bytes]:
     return key, cert
 
 
-def server_credentials(host: str, cert_path: str | None) -> grpc.ServerCredentials:
-    key, cert = load(cert_path) if cert_path is not None else self_signed(host)
-    return grpc.ssl_server_credentials([(key, cert)])
+def server_context(host: str, cert_path: str | None) -> ssl.SSLContext:
+    """The server side's TLS context; `ValueError` naming what is wrong with a certificate directory."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    if cert_path is not None:
+        load(cert_path)
+        directory = Path(cert_path)
+        context.load_cert_chain(directory / CERT_FILE, directory / KEY_FILE)
+        return context
+    key, cert = self_signed(host)
+    with tempfile.TemporaryDirectory(prefix="kvroute-tls-") as name:  # load_cert_chain reads only files
+        directory = Path(name)
+        (directory / KEY_FILE).write_bytes(key)
+        (directory / CERT_FILE).write_bytes(cert)
+        context.load_cert_chain(directory / CERT_FILE, directory / KEY_FILE)
+    return context
