@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -197,6 +198,35 @@ def test_total_is_the_weighted_sum_of_clamped_scores() -> None:
     ]
     assert [e.id for e in result.endpoints] == ["10.0.0.1:8000", "10.0.0.3:8000", "10.0.0.2:8000"]
     assert result.primary_profile == "default"
+
+
+def test_totals_are_the_clamped_weighted_scores_added_in_profile_order_to_the_last_bit() -> None:
+    rng = random.Random(3)
+    pool = [Endpoint.create(f"10.0.1.{n}", 8000) for n in range(1, 40)]
+    for _ in range(40):
+        scorers = []
+        for k in range(rng.randint(1, 4)):
+            scores = {
+                e.id: rng.choice([rng.random(), rng.random(), 0.0, 1.0, -0.3, 1.6, math.nan, math.inf])
+                for e in pool
+                if rng.random() < 0.9  # the others are missing: 0
+            }
+            weight = rng.choice([0.0, 0.1, 0.5, 1.0, 3.0, rng.uniform(0, 5)])
+            scorers.append((FixedScorer(f"s{k}", FixedScorer.Params(scores=scores)), weight))
+        picker = FirstMaxPicker()
+        profile = SchedulingProfile("default", (), tuple(scorers), picker)
+        Scheduler(handler(), {"default": profile}).schedule(request(), pool)
+
+        expected = []
+        for e in pool:
+            total = 0.0
+            for scorer, weight in scorers:
+                score = scorer.params.scores.get(e.id, 0.0)
+                if score > 0.0:
+                    total += weight * min(score, 1.0)
+            expected.append(total)
+        assert [s.endpoint for s in picker.seen] == pool
+        assert [s.score for s in picker.seen] == expected
 
 
 def test_missing_endpoint_scores_zero_and_picker_sees_candidates_in_order() -> None:

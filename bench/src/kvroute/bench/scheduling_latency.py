@@ -1,136 +1,151 @@
-"""Scheduling latency in the worst case for prefix affinity: every endpoint holds the request's whole prefix.
+"""`kvroute bench scheduling`: the latency of one scheduling decision, in the worst case for prefix affinity.
 
 Every endpoint was sent the prompt before, so the index walk keeps every candidate in its mask to the last block
-and every endpoint gets a match length. Two measurements per (endpoints, prompt characters):
+and every endpoint gets a match length; every endpoint reports fresh, idle metrics. Per endpoint count and prompt
+length (`--endpoints`, `--chars`):
 
-- `prefix score`: one `prefix-cache-scorer` score() on a fresh `CycleState`, i.e. hashing plus the index walk;
-- `schedule()`: one whole scheduling cycle through the real `Scheduler`, single profile with GIE's default
-  scorers (queue 2, kv-cache 2, prefix 3) and `max-score-picker`, then the same plus `no-hit-lru-scorer` and
-  `active-blocks-scorer` (which shares the prompt hashes), weight 1 each.
+- `prefix score, N blocks`: one `prefix-cache-scorer` score() on a fresh `CycleState`, i.e. hashing plus the
+  index walk, at most 256 blocks of 64 characters and, for longer prompts, every block;
+- `schedule() <configuration>`: one whole scheduling cycle of a configuration (`--config`) loaded through the
+  router's own config loader, on a fresh `CycleState` as the Director creates one per request, so hashing is
+  included (`overhead.scheduling.run_grid`):
+  - `default`: the router's built-in default, GIE's scorers (queue 2, kv-cache 2, prefix 3) and
+    `max-score-picker`;
+  - `default+no-hit-lru+active-blocks`: the same plus `no-hit-lru-scorer` and `active-blocks-scorer` (which
+    shares the prompt hashes), weight 1 each;
+  - `recommended`: kvroute's recommended configuration (`approx-prefix-cache-producer` with 64-token blocks,
+    `predicted-latency-scorer`, `no-hit-lru-scorer`, `lora-affinity-scorer`, `max-score-picker` returning 3).
 
-Run: `python -m kvroute.bench.scheduling_latency [--iterations N]`. Prints p50 and p99 in microseconds.
+Run: `kvroute bench scheduling [--endpoints 64,256] [--chars 8000,32000] [--config NAME,...] [--iterations N]`,
+e.g. `kvroute bench scheduling --endpoints 256 --chars 32000 --config recommended`. Prints wall-clock p50 and p99
+and CPU-time p99 in microseconds (`overhead.scheduling.measure`).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
-from kvroute.router.framework import (
-    ApiKind,
-    CycleState,
-    Endpoint,
-    LLMRequest,
-    ProfileResult,
-    SchedulingProfile,
-    SchedulingResult,
-    Scorer,
+from kvroute.bench.live.cli import names, positive
+from kvroute.bench.overhead.cli import _counts as counts
+from kvroute.bench.overhead.scheduling import (
+    bench_request,
+    default_profiles,
+    endpoints,
+    measure,
+    prompt_text,
+    run_grid,
+    warm,
 )
-from kvroute.router.framework.plugins import NoParams
-from kvroute.router.plugins.handlers.single import SingleProfileHandler
-from kvroute.router.plugins.pickers.max_score import MaxScorePicker
-from kvroute.router.plugins.scorers.active_blocks import ActiveBlocksScorer
-from kvroute.router.plugins.scorers.kv_cache_utilization import KVCacheUtilizationScorer
-from kvroute.router.plugins.scorers.no_hit_lru import NoHitLRUScorer
+from kvroute.router.framework import CycleState, Endpoint, LLMRequest
 from kvroute.router.plugins.scorers.prefix_cache import PrefixCacheScorer
-from kvroute.router.plugins.scorers.queue import QueueScorer
-from kvroute.router.scheduling import Scheduler
 
 ENDPOINT_COUNTS = (64, 256)
 PROMPT_CHARS = (8_000, 32_000)
+PREFIX_BLOCK_CHARS = 64  # prefix-cache-scorer's default: 16 tokens of 4 characters
+PREFIX_MAX_BLOCKS = 256  # and its default maxPrefixBlocksToMatch
 
+# The built-in default plus no-hit-lru-scorer and active-blocks-scorer, weight 1 each.
+DEFAULT_PLUS_TEXT = """\
+apiVersion: kvroute.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+  - type: queue-scorer
+  - type: kv-cache-utilization-scorer
+  - type: prefix-cache-scorer
+  - type: no-hit-lru-scorer
+  - type: active-blocks-scorer
+  - type: max-score-picker
+    parameters: {maxNumOfEndpoints: 3}
+schedulingProfiles:
+  - name: default
+    plugins:
+      - {pluginRef: queue-scorer, weight: 2}
+      - {pluginRef: kv-cache-utilization-scorer, weight: 2}
+      - {pluginRef: prefix-cache-scorer, weight: 3}
+      - {pluginRef: no-hit-lru-scorer, weight: 1}
+      - {pluginRef: active-blocks-scorer, weight: 1}
+      - {pluginRef: max-score-picker}
+"""
 
-def measure(run: Callable[[], object], iterations: int) -> tuple[float, float, float]:
-    """p50 and p99 wall-clock and p99 CPU time of `run()`, in microseconds. The CPU time leaves out the time the
-    process was preempted, which on a busy machine is most of the wall-clock tail."""
-    for _ in range(max(10, iterations // 10)):
-        run()
-    wall: list[int] = []
-    cpu: list[int] = []
-    wall_clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    for _ in range(iterations):
-        c0 = cpu_clock()
-        w0 = wall_clock()
-        run()
-        w1 = wall_clock()
-        cpu.append(cpu_clock() - c0)
-        wall.append(w1 - w0)
-    wall_cuts = statistics.quantiles(wall, n=100, method="inclusive")
-    cpu_cuts = statistics.quantiles(cpu, n=100, method="inclusive")
-    return wall_cuts[49] / 1000, wall_cuts[98] / 1000, cpu_cuts[98] / 1000
-
-
-def bench_request(prompt: str) -> LLMRequest:
-    return LLMRequest(
-        request_id="bench", model="bench-model", api=ApiKind.COMPLETIONS, prompt=prompt, body={}, headers={}
-    )
-
-
-def warm(prefix: PrefixCacheScorer, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
-    """Record the prompt for every endpoint, as if each had served it."""
-    for endpoint in endpoints:
-        result = SchedulingResult({"default": ProfileResult((endpoint,))}, "default")
-        prefix.pre_request(CycleState(), request, result)
-
-
-def _score_fresh(prefix: PrefixCacheScorer, request: LLMRequest, endpoints: Sequence[Endpoint]) -> None:
-    """One score() as the first plugin of a cycle sees it: nothing computed yet, so hashing is included."""
-    prefix.score(CycleState(), request, endpoints)
-
-
-def _scheduler(prefix: PrefixCacheScorer, full: bool) -> Scheduler:
-    scorers: list[tuple[Scorer, float]] = [
-        (QueueScorer("queue-scorer", NoParams()), 2.0),
-        (KVCacheUtilizationScorer("kv-cache-utilization-scorer", NoParams()), 2.0),
-        (prefix, 3.0),
-    ]
-    if full:
-        scorers += [(NoHitLRUScorer("no-hit-lru-scorer"), 1.0), (ActiveBlocksScorer("active-blocks-scorer"), 1.0)]
-    picker = MaxScorePicker("max-score-picker", rng=random.Random(0))
-    profile = SchedulingProfile("default", (), tuple(scorers), picker)
-    return Scheduler(SingleProfileHandler("single-profile-handler", NoParams()), {"default": profile})
-
+CONFIGURATIONS = ("default", "default+no-hit-lru+active-blocks", "recommended")
 
 Row = tuple[str, int, int, float, float, float]
 
 
-def run(iterations: int) -> list[Row]:
-    rng = random.Random(1)
+def configurations() -> dict[str, str]:
+    """The documents `--config` chooses among, by name."""
+    profiles = default_profiles()
+    return {
+        "default": profiles["default"],
+        "default+no-hit-lru+active-blocks": DEFAULT_PLUS_TEXT,
+        "recommended": profiles["recommended"],
+    }
+
+
+def _score_fresh(prefix: PrefixCacheScorer, request: LLMRequest, pool: Sequence[Endpoint]) -> None:
+    """One score() as the first plugin of a cycle sees it: nothing computed yet, so hashing is included."""
+    prefix.score(CycleState(), request, pool)
+
+
+def _prefix_rows(count: int, chars: int, iterations: int) -> list[Row]:
+    pool = endpoints(count)
+    request = bench_request(prompt_text(chars))
+    blocks = -(-chars // PREFIX_BLOCK_CHARS)
     rows: list[Row] = []
-    for n_endpoints in ENDPOINT_COUNTS:
-        endpoints = [Endpoint.create(f"10.0.{i // 250}.{i % 250 + 1}", 8000) for i in range(n_endpoints)]
-        for chars in PROMPT_CHARS:
-            request = bench_request("".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(chars)))
-            blocks = -(-chars // 64)
-            for max_blocks in sorted({min(blocks, 256), blocks}):
-                prefix = PrefixCacheScorer(
-                    "prefix-cache-scorer", PrefixCacheScorer.Params(max_prefix_blocks_to_match=max_blocks)
-                )
-                warm(prefix, request, endpoints)
-                score = partial(_score_fresh, prefix, request, endpoints)
-                rows.append((f"prefix score, {max_blocks} blocks", n_endpoints, chars, *measure(score, iterations)))
-                if max_blocks != min(blocks, 256):
-                    continue
-                for full in (False, True):
-                    label = "schedule() +no-hit-lru +active-blocks" if full else "schedule() GIE default"
-                    schedule = partial(_scheduler(prefix, full).schedule, request, endpoints)
-                    rows.append((label, n_endpoints, chars, *measure(schedule, iterations)))
+    for max_blocks in sorted({min(blocks, PREFIX_MAX_BLOCKS), blocks}):
+        prefix = PrefixCacheScorer(
+            "prefix-cache-scorer", PrefixCacheScorer.Params(max_prefix_blocks_to_match=max_blocks)
+        )
+        warm(prefix, request, pool)
+        score = partial(_score_fresh, prefix, request, pool)
+        rows.append((f"prefix score, {max_blocks} blocks", count, chars, *measure(score, iterations)))
     return rows
 
 
+def run(
+    endpoint_counts: Sequence[int] = ENDPOINT_COUNTS,
+    prompt_chars: Sequence[int] = PROMPT_CHARS,
+    configs: Sequence[str] = CONFIGURATIONS,
+    iterations: int = 2000,
+) -> Iterator[Row]:
+    """The rows of every (endpoints, chars), as they are measured: the prefix scorer's, then one per configuration
+    of `configs`."""
+    documents = configurations()
+    chosen = {name: documents[name] for name in configs}
+    for count in endpoint_counts:
+        for chars in prompt_chars:
+            yield from _prefix_rows(count, chars, iterations)
+            for c in run_grid(
+                chosen, (count,), (chars,), budget=0.0, min_iterations=iterations, max_iterations=iterations
+            ):
+                yield (f"schedule() {c.profile}", count, chars, c.p50_us, c.p99_us, c.cpu_p99_us)
+
+
 def register(sub: Any) -> None:
-    parser = sub.add_parser("scheduling", help="latency of one scheduling decision", description=__doc__)
-    parser.add_argument("--iterations", type=int, default=2000, help="timed calls per row (default 2000)")
+    parser = sub.add_parser(
+        "scheduling",
+        help="latency of one scheduling decision",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--endpoints", type=counts, default=ENDPOINT_COUNTS, help="endpoint counts, comma-separated (default 64,256)")
+    add("--chars", type=counts, default=PROMPT_CHARS, help="prompt characters, comma-separated (default 8000,32000)")
+    add(
+        "--config",
+        type=names(CONFIGURATIONS),
+        default=CONFIGURATIONS,
+        help=f"configurations to schedule with (default {','.join(CONFIGURATIONS)})",
+    )
+    add("--iterations", type=positive(int), default=2000, help="timed calls per row (default 2000)")
     parser.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    print(f"{'measurement':<40} {'endpoints':>9} {'chars':>7} {'p50 us':>8} {'p99 us':>8} {'p99 cpu':>8}")
-    for label, n_endpoints, chars, p50, p99, cpu_p99 in run(args.iterations):
-        print(f"{label:<40} {n_endpoints:>9} {chars:>7} {p50:>8.1f} {p99:>8.1f} {cpu_p99:>8.1f}")
+    print(f"{'measurement':<46} {'endpoints':>9} {'chars':>7} {'p50 us':>8} {'p99 us':>8} {'p99 cpu':>8}")
+    for label, n_endpoints, chars, p50, p99, cpu_p99 in run(args.endpoints, args.chars, args.config, args.iterations):
+        print(f"{label:<46} {n_endpoints:>9} {chars:>7} {p50:>8.1f} {p99:>8.1f} {cpu_p99:>8.1f}", flush=True)
     return 0

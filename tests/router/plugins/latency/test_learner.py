@@ -172,3 +172,17 @@ def test_forgetting_must_be_a_fraction() -> None:
         CoefficientLearner(PRIOR, forgetting=0.0)
     with pytest.raises(ValueError, match="forgetting"):
         CoefficientLearner(PRIOR, forgetting=1.5)
+
+
+def test_the_coefficients_of_many_endpoints_are_their_costs_in_order() -> None:
+    learner = CoefficientLearner(PRIOR)
+    train(learner, "slow", scaled((2.0, 3.0, 1.0, 1.5, 1.0)), 50)
+    train(learner, "forgotten", scaled((3.0, 3.0, 3.0, 3.0, 3.0)), 5)
+    learner.forget("forgotten")
+
+    assert learner.coefficients(["new", "slow", "forgotten"]) == [
+        PRIOR.as_tuple(),
+        learner.costs("slow").as_tuple(),
+        PRIOR.as_tuple(),
+    ]
+    assert learner.coefficients(["slow"])[0] != PRIOR.as_tuple()

@@ -98,3 +98,15 @@ def test_the_head_of_the_queue_progresses_at_the_prefill_speed_and_the_next_requ
     assert load.remaining_prefill(2.1, 0.001) == pytest.approx(400)
     book.complete(second, 3.0)
     assert book.get("a").remaining_prefill(3.0, 0.001) == 0
+
+
+def test_the_loads_of_many_endpoints_are_none_where_nothing_is_charged() -> None:
+    book = LoadBook()
+    charged = flight("a")
+    book.charge(charged)
+    loads = book.charged(["b", "a", "c"])
+    assert loads == [None, book.get("a"), None]
+    assert loads[1] is book.charged(["a"])[0]  # the book's own record, not a copy
+
+    book.complete(charged, 0.0)
+    assert book.charged(["a"]) == [None]

@@ -35,3 +35,16 @@ def test_ties_break_at_random_and_never_to_a_lower_score() -> None:
 
 def test_no_endpoints_no_pick() -> None:
     assert picker().pick(CycleState(), REQUEST, []) == []
+
+
+def test_the_pick_is_the_head_of_the_shuffled_endpoints_stably_sorted_by_score() -> None:
+    """The documented algorithm, draw for draw: a seeded run picks the same endpoints, ties included."""
+    rng = random.Random(7)
+    pool = [Endpoint.create(f"10.0.1.{n}", 8000) for n in range(1, 60)]
+    for seed in range(200):
+        n = rng.choice([1, 2, 3, 8])
+        candidates = scored(*((e, rng.choice([0.0, 0.5, 1.0, 2.5, rng.random()])) for e in rng.sample(pool, 30)))
+        shuffled = list(candidates)
+        random.Random(seed).shuffle(shuffled)
+        expected = [s.endpoint for s in sorted(shuffled, key=lambda s: s.score, reverse=True)[:n]]
+        assert picker(n, seed).pick(CycleState(), REQUEST, candidates) == expected

@@ -19,6 +19,7 @@ from kvroute.router.framework import (
 )
 from kvroute.router.plugins.latency.load import EndpointLoad
 from kvroute.router.plugins.latency.model import EngineShape, StepCosts, linear, ttft_features
+from kvroute.router.plugins.prefix.match import prefix_match_key
 from kvroute.router.plugins.registry import REGISTRY
 from kvroute.router.plugins.scorers.predicted_latency import (
     LatencyPrediction,
@@ -245,6 +246,70 @@ def test_the_prediction_is_published_under_the_plugins_name() -> None:
     assert published.cost == pytest.approx({endpoint(1).id: 0.086, endpoint(2).id: 0.086})
     assert state.read(prediction_key("another-scorer")) is None
     assert prediction_key(NAME) is prediction_key(NAME)
+
+
+def reference_ttft(router: Router, target: Endpoint, own: int, need: int) -> float:
+    """`ttft_e` of the module docstring, written out plainly with the model's own functions."""
+    scorer = router.scorer
+    costs = scorer.learner.costs(target.id)
+    load = scorer.load(target.id)
+    metrics = target.metrics
+    queued = load.remaining_prefill(router.now, costs.prefill_per_token)
+    decode, context, held = float(load.decoding), float(load.context_tokens), float(load.kv_tokens)
+    capacity = (metrics.num_gpu_blocks or 0) * (metrics.block_size or 0)
+    if not metrics.stale:
+        queued += max(0, metrics.waiting - load.prefilling) * scorer._mean_own
+        decode = max(decode, float(metrics.running))
+        context = max(context, metrics.kv_usage * capacity)
+        held = max(held, metrics.kv_usage * capacity)
+    overflow = held + need - capacity
+    wait = 1.0 * min(1.0, overflow / max(held, 1.0)) * scorer._mean_output if capacity and overflow > 0 else 0.0
+    return linear(costs.as_tuple(), ttft_features(queued, own, decode, context, SHAPE, wait))
+
+
+def random_metrics(rng: random.Random) -> EndpointMetrics:
+    return EndpointMetrics(
+        waiting=rng.choice([0, 0, 1, 4, 30]),
+        running=rng.choice([0, 3, 40, 9000]),
+        kv_usage=rng.choice([0.0, rng.random(), 1.0]),
+        num_gpu_blocks=rng.choice([None, 40, 2000, 100_000]),
+        block_size=rng.choice([None, 16]),
+        scraped_at=1.0,
+        stale=rng.random() < 0.2,
+    )
+
+
+def test_every_candidates_prediction_and_cost_are_the_models_to_the_last_bit() -> None:
+    router = Router("arrivalCharge: 0.7")
+    rng = random.Random(11)
+    pool = [endpoint(n) for n in range(1, 41)]
+    in_flight: list[tuple[CycleState, LLMRequest, Endpoint]] = []
+    for i in range(300):
+        for e in pool:
+            e.metrics = random_metrics(rng)
+        probe = request(prompt_of(rng.choice([3, 900, 12_000]), rng.randrange(6)) + f"{i}", rng.choice([None, 5]))
+        state = CycleState()
+        router.config.scheduler.schedule(probe, pool, state)
+        prediction = state.require(prediction_key(NAME))
+        info = state.require(prefix_match_key("prefix-cache-scorer"))
+        need = info.prompt_tokens + router.scorer._expected_output(probe)
+        rate = router.scorer._arrival_rate(router.now) * 0.7 / len(pool)
+        for e in pool:
+            own = info.uncached_tokens(e.id)
+            ttft = reference_ttft(router, e, own, need)
+            assert prediction.ttft[e.id] == ttft
+            assert (
+                prediction.cost[e.id]
+                == ttft + (3.0 + rate * ttft) * router.scorer.learner.costs(e.id).prefill_per_token * own
+            )
+        # Traffic between probes: requests left in flight, served, or completed, so loads, learned coefficients
+        # and the running means all move.
+        state, target = router.send(probe, rng.sample(pool, 3))
+        in_flight.append((state, probe, target))
+        router.now += rng.choice([0.0, 0.003, 0.2])
+        if len(in_flight) > 12:
+            state, served, target = in_flight.pop(rng.randrange(len(in_flight)))
+            router.serve(state, served, target, rng.uniform(0.01, 0.5), [rng.uniform(0.005, 0.05)] * rng.randint(0, 4))
 
 
 # -- the arrival term ----------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def test_match_info_is_published_for_other_plugins() -> None:
     assert info == PrefixMatchInfo({A.id: 3, B.id: 1}, total_blocks=5, block_chars=64, prompt_chars=266)
     assert info.uncached_tokens(A.id) == 19  # ceil((266 - 192) / 4)
     assert info.uncached_tokens(C.id) == 67
+    assert info.uncached_tokens_of([C.id, A.id, B.id, A.id]) == [67, 19, 51, 19]  # B: ceil((266 - 64) / 4)
 
 
 def test_an_empty_prompt_scores_zero() -> None:

@@ -17,6 +17,7 @@ observers are bound when the scheduler is built so the cycle itself does no metr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from time import perf_counter
 from types import MappingProxyType
 from typing import Protocol
@@ -191,17 +192,17 @@ class Scheduler:
             observe(perf_counter() - t)
             if not endpoints:
                 return _EMPTY
+        ids = [e.id for e in endpoints]
         totals = [0.0] * len(endpoints)
         for scorer, weight, observe in plan.scorers:
             t = perf_counter()
             scores = scorer.score(state, request, endpoints)
             observe(perf_counter() - t)
-            get = scores.get
-            for i, endpoint in enumerate(endpoints):
-                score = get(endpoint.id, 0.0)
-                if score > 0.0:  # also false for NaN
-                    totals[i] += weight if score >= 1.0 else weight * score
-        scored = [ScoredEndpoint(e, total) for e, total in zip(endpoints, totals, strict=True)]
+            totals = [
+                total + (weight if score >= 1.0 else weight * score) if score > 0.0 else total  # NaN: not > 0
+                for total, score in zip(totals, map(scores.get, ids, repeat(0.0)), strict=True)
+            ]
+        scored = list(map(ScoredEndpoint, endpoints, totals))
         picker, observe = plan.picker
         t = perf_counter()
         picked = picker.pick(state, request, scored)

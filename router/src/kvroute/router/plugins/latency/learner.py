@@ -24,6 +24,7 @@ per-token prefill cost only, to (2, 1, 1, 1, 1) once it has seen both short and 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kvroute.router.plugins.latency.model import Features, StepCosts
@@ -55,13 +56,19 @@ class CoefficientLearner:
         self._variance = prior_variance
         self._low, self._high = 1.0 / max_ratio, max_ratio
         self._fits: dict[str, _Fit] = {}
+        # The coefficients of each observed endpoint, kept from its last observation: scoring reads them for every
+        # candidate of every request.
+        self._coefficients: dict[str, Features] = {}
 
     def costs(self, endpoint_id: str) -> StepCosts:
         """The endpoint's current coefficients (the prior until it has been observed)."""
-        fit = self._fits.get(endpoint_id)
-        if fit is None:
-            return self.prior
-        return StepCosts(*(c * m for c, m in zip(self._prior, fit.multipliers, strict=True)))
+        coefficients = self._coefficients.get(endpoint_id)
+        return self.prior if coefficients is None else StepCosts(*coefficients)
+
+    def coefficients(self, endpoint_ids: Iterable[str]) -> list[Features]:
+        """`costs(e).as_tuple()` for each endpoint, in order."""
+        get, prior = self._coefficients.get, self._prior
+        return [get(endpoint_id, prior) for endpoint_id in endpoint_ids]
 
     def multipliers(self, endpoint_id: str) -> tuple[float, ...]:
         fit = self._fits.get(endpoint_id)
@@ -100,9 +107,12 @@ class CoefficientLearner:
                 for j in range(_N):
                     row[j] *= shrink
         fit.observations += 1
+        c0, c1, c2, c3, c4 = self._prior
+        self._coefficients[endpoint_id] = (c0 * m[0], c1 * m[1], c2 * m[2], c3 * m[3], c4 * m[4])
 
     def forget(self, endpoint_id: str) -> None:
         self._fits.pop(endpoint_id, None)
+        self._coefficients.pop(endpoint_id, None)
 
     def __len__(self) -> int:
         return len(self._fits)

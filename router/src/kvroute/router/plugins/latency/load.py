@@ -22,6 +22,7 @@ second completion changes nothing. An endpoint whose counters all return to zero
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kvroute.router.plugins.latency.model import Features
@@ -85,6 +86,11 @@ class LoadBook:
     def get(self, endpoint_id: str) -> EndpointLoad:
         """The endpoint's load (a zero load when nothing is charged; never stored)."""
         return self._loads.get(endpoint_id) or EndpointLoad()
+
+    def charged(self, endpoint_ids: Iterable[str]) -> list[EndpointLoad | None]:
+        """Each endpoint's load, in order, None for one with nothing charged."""
+        get = self._loads.get
+        return [get(endpoint_id) for endpoint_id in endpoint_ids]
 
     def charge(self, flight: Flight) -> None:
         load = self._loads.get(flight.endpoint_id)

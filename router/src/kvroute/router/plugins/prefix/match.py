@@ -21,7 +21,7 @@ info.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kvroute.router.framework import Endpoint, SchedulingResult, StateKey
@@ -56,8 +56,17 @@ class PrefixMatchInfo:
 
     def uncached_tokens(self, endpoint_id: str) -> int:
         """Estimated prompt tokens the endpoint would have to compute (not found in its prefix cache)."""
-        cached_chars = self.matched_blocks.get(endpoint_id, 0) * self.block_chars
-        return estimate_tokens(self.prompt_chars - cached_chars)
+        return self._uncached(self.matched_blocks.get(endpoint_id, 0))
+
+    def uncached_tokens_of(self, endpoint_ids: Iterable[str]) -> list[int]:
+        """`uncached_tokens` of each endpoint, in order; computed once per distinct match length."""
+        matched = self.matched_blocks
+        tokens = {blocks: self._uncached(blocks) for blocks in {0, *matched.values()}}
+        get = matched.get
+        return [tokens[get(endpoint_id, 0)] for endpoint_id in endpoint_ids]
+
+    def _uncached(self, matched_blocks: int) -> int:
+        return estimate_tokens(self.prompt_chars - matched_blocks * self.block_chars)
 
 
 _KEYS: dict[str, StateKey[PrefixMatchInfo]] = {}

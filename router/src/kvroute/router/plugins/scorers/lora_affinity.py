@@ -30,9 +30,11 @@ class LoraAffinityScorer(Scorer):
 
     def score(self, state: CycleState, request: LLMRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         adapter = request.model
-        if not any(adapter in e.metrics.lora.running or adapter in e.metrics.lora.waiting for e in endpoints):
-            return {e.id: 1.0 for e in endpoints}
-        return {e.id: _adapter_score(adapter, e.metrics.lora) for e in endpoints}
+        for endpoint in endpoints:
+            lora = endpoint.metrics.lora
+            if adapter in lora.running or adapter in lora.waiting:
+                return {e.id: _adapter_score(adapter, e.metrics.lora) for e in endpoints}
+        return dict.fromkeys([e.id for e in endpoints], 1.0)  # the base model
 
 
 def _adapter_score(adapter: str, lora: LoraInfo) -> float:

@@ -90,9 +90,7 @@ from kvroute.router.plugins.latency.model import (
     EngineShape,
     Features,
     StepCosts,
-    linear,
     step_features,
-    ttft_features,
 )
 from kvroute.router.plugins.params import PluginParams
 from kvroute.router.plugins.prefix.hashing import estimate_tokens
@@ -214,25 +212,20 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         info = state.read(self._match_key)
         prompt = _prompt_tokens(info, request)
         need = prompt + self._expected_output(request)
-        ttfts: dict[str, float] = {}
-        costs: dict[str, float] = {}
-        local: dict[str, float] = {}
-        charge = self._p.capacity_charge
-        remote = self._p.remote_prefill
+        ids = [e.id for e in endpoints]
+        uncached = info.uncached_tokens_of(ids) if info is not None else [prompt] * len(ids)
         # Requests per second that each candidate can expect while this one's prefill is ahead of them.
         now = self._clock()
         rate = self._arrival_rate(now) * self._p.arrival_charge / max(1, len(endpoints))
-        for endpoint in endpoints:
-            own = 0 if remote else self._uncached(info, endpoint.id, prompt)
-            coefficients = self.learner.costs(endpoint.id).as_tuple()
-            ttft = linear(coefficients, self._features(endpoint, own, need, now, coefficients[0]))
-            ttfts[endpoint.id] = ttft
-            costs[endpoint.id] = ttft + (charge + rate * ttft) * coefficients[0] * own
-            if remote:
-                itself = self._uncached(info, endpoint.id, prompt)
-                local[endpoint.id] = self._local_cost(endpoint, coefficients, itself, need, rate, now)
+        remote = self._p.remote_prefill
+        ttft_list, cost_list = self._predict(endpoints, ids, [0] * len(ids) if remote else uncached, need, now, rate)
+        ttfts = dict(zip(ids, ttft_list, strict=True))
+        costs = dict(zip(ids, cost_list, strict=True))
+        local = costs
+        if remote:
+            local_list = self._predict(endpoints, ids, uncached, need, now, rate, local=True)[1]
+            local = dict(zip(ids, local_list, strict=True))
         previous = state.read(self._prediction_key)
-        local = local if remote else costs
         if previous is not None:  # a second profile of the same request: keep both profiles' candidates
             ttfts = {**previous.ttft, **ttfts}
             costs = {**previous.cost, **costs}
@@ -240,40 +233,98 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
         state.write(self._prediction_key, LatencyPrediction(ttfts, costs, local))
         if not endpoints:
             return {}
-        low = min(costs[e.id] for e in endpoints)
+        low = min(cost_list)
         scale = self._p.score_scale_seconds
-        return {e.id: max(0.0, 1.0 - (costs[e.id] - low) / scale) for e in endpoints}
+        # max(0.0, score) spelt out, as in `_predict`.
+        return {
+            endpoint_id: score if (score := 1.0 - (cost - low) / scale) > 0.0 else 0.0
+            for endpoint_id, cost in zip(ids, cost_list, strict=True)
+        }
 
-    def _features(self, endpoint: Endpoint, own: int, need: int, now: float, prefill_per_token: float) -> Features:
+    def _predict(
+        self,
+        endpoints: Sequence[Endpoint],
+        ids: Sequence[str],
+        owns: Sequence[int],
+        need: int,
+        now: float,
+        rate: float,
+        *,
+        local: bool = False,
+        features: list[Features] | None = None,
+    ) -> tuple[list[float], list[float]]:
+        """The predicted TTFT of this request on each endpoint and its cost (the module docstring's `ttft_e` and
+        `cost_e`), `owns` its uncached prompt tokens there, `need` the KV tokens it will hold, `rate` the arrivals
+        each candidate expects per second. With `local`, the cost is that of a decode endpoint computing the prompt
+        itself: the delay its prefill adds to every sequence decoding there (which a prefill endpoint would not
+        delay) is charged too. The model features of each TTFT are appended to `features` when given.
+
+        This loop is most of a scheduling cycle's time, so `model.ttft_features` and `model.linear` are unrolled
+        in it, to the same floats (`linear` of the appended features is the TTFT, bit for bit), and every
+        `max`/`min` is a comparison: a builtin call per value would cost more than the arithmetic.
+        """
+        mean_own = self._mean_own
+        mean_output = self._mean_output
+        kv_wait_charge = self._p.kv_wait_charge
+        charge = self._p.capacity_charge
+        # As floats, the same values: float-with-float arithmetic is the interpreter's fast path.
+        need_tokens = float(need)
+        max_batched = float(self._shape.max_batched_tokens)
+        ceil = math.ceil
+        ttfts: list[float] = []
+        costs: list[float] = []
+        rows = zip(endpoints, self.loads.charged(ids), self.learner.coefficients(ids), owns, strict=True)
+        for endpoint, load, (a, o, s, t, r), own in rows:
+            if load is None:
+                queued = decode = context = held = 0.0
+                prefilling = 0
+            else:
+                queued = load.remaining_prefill(now, a)
+                decode = float(load.decoding)
+                context = float(load.context_tokens)
+                held = float(load.kv_tokens)
+                prefilling = load.prefilling
+            metrics = endpoint.metrics
+            capacity = (metrics.num_gpu_blocks or 0) * (metrics.block_size or 0)
+            if not metrics.stale:
+                waiting = metrics.waiting - prefilling
+                if waiting > 0:
+                    queued += waiting * mean_own
+                running = float(metrics.running)
+                decode = running if running > decode else decode
+                used = metrics.kv_usage * capacity
+                context = used if used > context else context
+                held = used if used > held else held
+            wait = 0.0
+            overflow = held + need_tokens - capacity
+            if capacity and overflow > 0 and kv_wait_charge:
+                # Enough running requests must end first: that share of them, each about a mean output from its end.
+                share = overflow / (1.0 if held < 1.0 else held)
+                wait = kv_wait_charge * (share if share < 1.0 else 1.0) * mean_output
+            work = queued + own
+            budget = max_batched - decode
+            budget = budget if budget > 1.0 else 1.0
+            # Work that fits in one step is one step, which is what the division and ceil would give.
+            prefill_steps = 1 if work <= budget else ceil(work / budget)
+            steps = (prefill_steps if prefill_steps > 1 else 1) + wait
+            decode_steps = steps * decode
+            context_steps = steps * context
+            # The float start skips sum()'s int path; the sum is the same (`linear`'s, r * 1.0 being r).
+            ttft = sum((a * work, o * steps, s * decode_steps, t * context_steps, r), 0.0)
+            charges = charge + rate * ttft
+            if local:
+                charges += decode_steps / steps if steps else 0.0
+            ttfts.append(ttft)
+            costs.append(ttft + charges * a * own)
+            if features is not None:
+                features.append((work, steps, decode_steps, context_steps, 1.0))
+        return ttfts, costs
+
+    def _features(self, endpoint: Endpoint, own: int, need: int, now: float) -> Features:
         """The model's features of this request's TTFT on the endpoint (`model.ttft_features`)."""
-        load = self.loads.get(endpoint.id)
-        metrics = endpoint.metrics
-        queued = load.remaining_prefill(now, prefill_per_token)
-        decode = float(load.decoding)
-        context = float(load.context_tokens)
-        held = float(load.kv_tokens)
-        capacity = (metrics.num_gpu_blocks or 0) * (metrics.block_size or 0)
-        if not metrics.stale:
-            queued += max(0, metrics.waiting - load.prefilling) * self._mean_own
-            decode = max(decode, float(metrics.running))
-            context = max(context, metrics.kv_usage * capacity)
-            held = max(held, metrics.kv_usage * capacity)
-        wait = 0.0
-        overflow = held + need - capacity
-        if capacity and overflow > 0 and self._p.kv_wait_charge:
-            # Enough running requests must end first: that share of them, each about a mean output from its end.
-            wait = self._p.kv_wait_charge * min(1.0, overflow / max(held, 1.0)) * self._mean_output
-        return ttft_features(queued, own, decode, context, self._shape, wait)
-
-    def _local_cost(
-        self, endpoint: Endpoint, coefficients: Features, own: int, need: int, rate: float, now: float
-    ) -> float:
-        """The cost of a decode endpoint computing the prompt itself: its TTFT, the usual charges, and the delay
-        its prefill adds to every sequence decoding there (which a prefill endpoint would not delay)."""
-        features = self._features(endpoint, own, need, now, coefficients[0])
-        ttft = linear(coefficients, features)
-        decoding = features[2] / features[1] if features[1] else 0.0
-        return ttft + (self._p.capacity_charge + rate * ttft + decoding) * coefficients[0] * own
+        features: list[Features] = []
+        self._predict([endpoint], [endpoint.id], [own], need, now, 0.0, features=features)
+        return features[0]
 
     @staticmethod
     def _uncached(info: PrefixMatchInfo | None, endpoint_id: str, prompt: int) -> int:
@@ -315,7 +366,7 @@ class PredictedLatencyScorer(Scorer, PreRequest, ResponseHook, FleetShared, Endp
             own_tokens=own,
             context_tokens=prompt + output // 2,
             kv_tokens=own + output,
-            features=self._features(target, own, prompt + output, now, self.learner.costs(target.id).prefill_per_token),
+            features=self._features(target, own, prompt + output, now),
             scheduled_at=now,
             learn=self._p.learning,
             learn_ttft=not remote,
