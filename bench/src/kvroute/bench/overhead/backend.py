@@ -22,7 +22,7 @@ import json
 import signal
 from typing import cast
 
-_COMPLETION = json.dumps(
+COMPLETION = json.dumps(
     {
         "id": "cmpl-bench",
         "object": "text_completion",
@@ -60,7 +60,7 @@ def answer(method: bytes, path: bytes, body: bytes) -> tuple[int, bytes, bytes]:
     """(status, content type, body) for one request."""
     if method == b"POST":
         if path in (b"/v1/completions", b"/v1/chat/completions"):
-            return 200, _JSON, _COMPLETION
+            return 200, _JSON, COMPLETION
         if path == b"/tokenize":
             return 200, _JSON, _token_ids(body)
         if path == b"/v1/completions/render":
